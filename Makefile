@@ -1,0 +1,66 @@
+# Every target installs what it needs: a fresh machine needs only Python 3.11 (and npm for `lint`).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+BUF := node_modules/.bin/buf
+PROTOS := $(shell find proto -name '*.proto' | sort)
+GENERATED_PACKAGES := images videos taskgateway
+
+.PHONY: run test test-unit generate generate-check lint fmt clean
+
+run: $(INSTALLED) ## Run the gateway (in-memory broker unless TASK_GATEWAY__BROKER__ADDRESS is set)
+	$(PY) -m gateway
+
+test: $(INSTALLED) ## Run every test; broker tests need the RabbitMQ at 127.0.0.1:5672
+	$(PY) -m pytest
+
+test-unit: $(INSTALLED) ## Tests that need no broker
+	$(PY) -m pytest tests/unit tests/service
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Where googleapis-common-protos keeps google/api/*.proto (imported by the contracts).
+GOOGLEAPIS = $(shell $(PY) -c 'import os, google.api; print(os.path.dirname(os.path.dirname(list(google.api.__path__)[0])))')
+
+define protoc
+	rm -rf $(addprefix $(1)/,$(GENERATED_PACKAGES))
+	$(PY) -m grpc_tools.protoc -I proto -I $(GOOGLEAPIS) \
+		--python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) $(PROTOS)
+endef
+
+generate: $(INSTALLED) ## Regenerate src/generated from proto/
+	$(call protoc,src/generated)
+
+generate-check: $(INSTALLED) ## Fail when src/generated is not what proto/ generates
+	rm -rf build/generated && mkdir -p build/generated
+	$(call protoc,build/generated)
+	@for p in $(GENERATED_PACKAGES); do \
+		diff -r --exclude=__pycache__ build/generated/$$p src/generated/$$p || \
+		{ echo "src/generated is stale: run 'make generate' and commit the result" >&2; exit 1; }; \
+	done
+
+$(BUF): package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
+build/protodeps: $(INSTALLED)
+	mkdir -p $@/google/api
+	cp $(GOOGLEAPIS)/google/api/annotations.proto $(GOOGLEAPIS)/google/api/http.proto $@/google/api/
+
+lint: $(INSTALLED) $(BUF) build/protodeps ## ruff, mypy and buf lint
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
+	$(PY) -m mypy
+	$(BUF) lint
+
+fmt: $(INSTALLED)
+	$(PY) -m ruff format src tests
+	$(PY) -m ruff check --fix src tests
+
+clean:
+	rm -rf build node_modules $(VENV)
