@@ -1,0 +1,272 @@
+"""Settings: a TOML file plus `TASK_GATEWAY__SECTION__KEY` environment overrides.
+
+The legacy names are kept: `TASK_GATEWAY__RUN_MODE`, `TASK_GATEWAY__SERVER__ADDRESS` (HTTP)
+and `TASK_GATEWAY__BROKER__ADDRESS` (the AMQP URL); everything new follows the same scheme,
+e.g. `TASK_GATEWAY__GRPC__ADDRESS`. The file is `--config PATH`, or else
+`config/<run_mode>.toml` when it exists. Unknown keys and bad values stop start-up with a
+`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "BrokerSettings",
+    "GrpcSettings",
+    "HttpSettings",
+    "LogSettings",
+    "RouteSettings",
+    "Settings",
+    "load_settings",
+]
+
+ENV_PREFIX = "TASK_GATEWAY__"
+
+_T = typing.TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class GrpcSettings:
+    """The gRPC server."""
+
+    address: str = "0.0.0.0:50051"
+    # Requests above this size are refused with RESOURCE_EXHAUSTED before they are parsed.
+    max_request_bytes: int = 1024 * 1024
+    # How long in-flight publishes may take to finish on SIGTERM/SIGINT.
+    shutdown_grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP (REST) server; `[server]` in the file, as the legacy service called it."""
+
+    address: str = "0.0.0.0:10010"
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """RabbitMQ, or the in-memory broker when `address` is empty."""
+
+    # AMQP URL(s), comma-separated for failover across a cluster; empty = in-memory broker.
+    address: str = ""
+    # The topology the in-memory broker loads (RabbitMQ loads its own).
+    definitions: str = "deploy/rabbitmq/definitions.json"
+    heartbeat_seconds: int = 10
+    connect_timeout_seconds: float = 5.0
+    # Longest wait between reconnection attempts (backoff starts at 0.1 s and doubles).
+    reconnect_max_backoff_seconds: float = 5.0
+    # Upper bound on one publish, whatever deadline the client sent (or none).
+    publish_timeout_seconds: float = 10.0
+    # Publishes waiting for their confirm; past it requests get RESOURCE_EXHAUSTED.
+    max_in_flight: int = 4096
+    # The AMQP `app_id` property of every message.
+    app_id: str = "task-gateway"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    # "auto": JSON lines when run_mode is production, readable console otherwise.
+    format: Literal["auto", "console", "json"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """A task type without a typed payload: its payload is forwarded untouched."""
+
+    task_type: str
+    exchange: str
+    service_name: str
+    # Empty: the task type, as for typed routes.
+    routing_key: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    run_mode: str = "development"
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    server: HttpSettings = field(default_factory=HttpSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    routes: tuple[RouteSettings, ...] = ()
+
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        return tuple(url.strip() for url in self.broker.address.split(",") if url.strip())
+
+
+def load_settings(
+    config_path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file (given, or `config/<run_mode>.toml` if present), then the environment."""
+    environ = os.environ if environ is None else environ
+    overrides = _environment_overrides(environ)
+    if config_path is None:
+        run_mode = str(overrides.get("run_mode", "development"))
+        default_path = Path("config") / f"{run_mode}.toml"
+        config_path = default_path if default_path.is_file() else None
+    raw: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from exc
+    _merge(raw, overrides)
+    settings = _build(Settings, raw, "")
+    _check(settings)
+    return settings
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """TASK_GATEWAY__BROKER__ADDRESS=x -> {"broker": {"address": "x"}} (values stay strings)."""
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"environment variable {name}: empty part in the name")
+        if path[0] == "routes":
+            raise ConfigError(f"environment variable {name}: routes are set in the TOML file only")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name}: {part} is not a section")
+        node[path[-1]] = _EnvValue(value, name)
+    return tree
+
+
+@dataclass(frozen=True)
+class _EnvValue:
+    """A value from the environment: a string to convert, remembering where it came from."""
+
+    text: str
+    variable: str
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _build(cls: type[_T], raw: Any, prefix: str) -> _T:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in raw:
+        if key not in fields:
+            known = ", ".join(sorted(prefix + name for name in fields))
+            raise ConfigError(f"unknown setting {prefix}{key!s} (known: {known})")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        values[name] = _convert(hints[name], value, prefix + name)
+    missing = [
+        prefix + f.name
+        for f in fields.values()
+        if f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"missing setting {', '.join(missing)}")
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    where = f"{key} (from {value.variable})" if isinstance(value, _EnvValue) else key
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")  # type: ignore[arg-type]
+    if origin is tuple:
+        (item,) = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of tables ([[{key}]])")
+        return tuple(_convert(item, entry, f"{key}[{i}]") for i, entry in enumerate(value))
+    if origin is Literal:
+        text = value.text if isinstance(value, _EnvValue) else value
+        choices = typing.get_args(hint)
+        if text not in choices:
+            raise ConfigError(f"{where}: {text!r} is not one of {', '.join(map(str, choices))}")
+        return text
+    if hint is bool:
+        return _to_bool(value, where)
+    if hint in (int, float, str):
+        return _to_scalar(hint, value, where)
+    raise ConfigError(f"{where}: unsupported setting type {hint}")  # pragma: no cover
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, _EnvValue) and value.text.lower() in (
+        "true",
+        "1",
+        "yes",
+        "false",
+        "0",
+        "no",
+    ):
+        return value.text.lower() in ("true", "1", "yes")
+    raise ConfigError(f"{where}: expected true or false, got {_shown(value)}")
+
+
+def _to_scalar(kind: type, value: Any, where: str) -> Any:
+    if isinstance(value, _EnvValue):
+        try:
+            return kind(value.text)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {kind.__name__}, got {value.text!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    return repr(value.text) if isinstance(value, _EnvValue) else f"{type(value).__name__} {value!r}"
+
+
+def _check(settings: Settings) -> None:
+    """Range and format checks that the types alone do not catch."""
+    for key, address in (
+        ("grpc.address", settings.grpc.address),
+        ("server.address", settings.server.address),
+    ):
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{key}: {address!r} is not host:port")
+    positive = {
+        "grpc.max_request_bytes": settings.grpc.max_request_bytes,
+        "broker.heartbeat_seconds": settings.broker.heartbeat_seconds,
+        "broker.connect_timeout_seconds": settings.broker.connect_timeout_seconds,
+        "broker.reconnect_max_backoff_seconds": settings.broker.reconnect_max_backoff_seconds,
+        "broker.publish_timeout_seconds": settings.broker.publish_timeout_seconds,
+        "broker.max_in_flight": settings.broker.max_in_flight,
+    }
+    for key, number in positive.items():
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    if settings.grpc.shutdown_grace_seconds < 0:
+        raise ConfigError("grpc.shutdown_grace_seconds: must not be negative")
+    for url in settings.broker_urls:
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ConfigError(f"broker.address: {url!r} is not an amqp:// or amqps:// URL")
