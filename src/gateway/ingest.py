@@ -212,8 +212,10 @@ def _render_payload(
     return json_format.MessageToDict(message, preserving_proto_field_name=True), []
 
 
-# json_format names the failing field as `at "GeneratePayload.width"`.
+# json_format names the failing field as `at "GeneratePayload.width"` when nested, and as
+# `Failed to parse width field` at the top.
 _PARSE_ERROR_PATH = re.compile(r' at "[^".]+\.([^"]+)"')
+_PARSE_ERROR_FIELD = re.compile(r"Failed to parse (\w+) field")
 
 
 def _parse_json_payload(payload: Mapping[str, Any], message: Message) -> list[FieldViolation]:
@@ -232,7 +234,7 @@ def _parse_json_payload(payload: Mapping[str, Any], message: Message) -> list[Fi
         json_format.ParseDict(dict(payload), message)
     except json_format.ParseError as exc:
         text = str(exc).split("\n", 1)[0]
-        found = _PARSE_ERROR_PATH.search(text)
+        found = _PARSE_ERROR_PATH.search(text) or _PARSE_ERROR_FIELD.search(text)
         field = f"payload.{found.group(1)}" if found else "payload"
         return [FieldViolation(field, _PARSE_ERROR_PATH.sub("", text))]
     return []

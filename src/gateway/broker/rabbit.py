@@ -1,16 +1,18 @@
 """RabbitMQ through aio-pika: the only module that speaks AMQP.
 
-- One long-lived connection, supervised here rather than by aio-pika's robust connection:
-  while it is down, publishes fail at once with UNAVAILABLE instead of waiting for a
-  reconnect, and the supervisor reconnects with backoff, rotating through the configured
-  addresses.
-- One publishing channel per exchange, with confirms and returns raised. A publish to an
-  exchange deleted at run time makes the broker close the channel it travelled on (AMQP has
-  no softer answer); with a channel per exchange that takes down only publishes to the same
-  missing exchange, never the requests in flight to healthy ones.
-- Exchanges are checked with a passive declare, once, on a short-lived channel of their own
-  (a failed passive declare closes its channel too), and re-checked after a reconnect or a
+- A control connection, supervised here rather than by aio-pika's robust connection: while
+  it is down publishes fail at once with UNAVAILABLE instead of waiting for a reconnect,
+  and the supervisor reconnects with backoff, rotating through the configured addresses.
+  It carries the passive exchange checks: once per exchange, on a short-lived channel (a
+  failed passive declare closes its channel), re-checked after a reconnect or after a
   publish that found the exchange gone.
+- A publishing *lane* per exchange: a connection of its own with one confirm channel,
+  returns raised. A publish to an exchange deleted at run time makes the broker close the
+  channel it travelled on, and aiormq may then still write publishes that were waiting
+  behind its channel lock after the Channel.CloseOk, which the broker answers by closing
+  the whole connection (504 "expected 'channel.open'"). With a connection per exchange
+  that only ever hurts publishes to the exchange that is gone; requests in flight to
+  healthy exchanges never notice.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
+import aiormq.abc
 import structlog
-from aio_pika import Exchange
-from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.abc import AbstractConnection
 from yarl import URL
 
 from gateway.broker.base import Broker, Envelope
@@ -36,6 +39,14 @@ log = structlog.get_logger("gateway.broker.rabbit")
 
 _FIRST_BACKOFF_SECONDS = 0.1
 
+# What aiormq raises when a channel or connection goes away under a publish or a declare.
+_LOST = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    RuntimeError,  # aiormq: "<Connection> closed" when opening a channel on a closing connection
+)
+
 _T = TypeVar("_T")
 
 
@@ -43,6 +54,22 @@ def redact(url: str) -> str:
     """The URL without its password, for logs and messages."""
     parsed = URL(url)
     return str(parsed.with_password("***")) if parsed.password else url
+
+
+@dataclass(frozen=True)
+class _Lane:
+    """An exchange's own connection and confirm channel."""
+
+    connection: AbstractConnection
+    channel: aiormq.abc.AbstractChannel
+
+    @property
+    def usable(self) -> bool:
+        return (
+            not self.connection.is_closed
+            and not self.channel.is_closed
+            and _close_reason(self.channel) is None
+        )
 
 
 class RabbitBroker(Broker):
@@ -65,10 +92,11 @@ class RabbitBroker(Broker):
         self._max_backoff = reconnect_max_backoff_seconds
         self._connection_name = connection_name
         self._connection: AbstractConnection | None = None
+        self._url = self._urls[0]  # the address the control connection reached
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
-        # Per-connection state, dropped when the connection goes.
-        self._publishers: dict[str, asyncio.Future[Exchange]] = {}
+        # Per-connection state, dropped when the control connection goes.
+        self._lanes: dict[str, asyncio.Future[_Lane]] = {}
         self._checked: set[str] = set()
         self._checks: dict[str, asyncio.Future[None]] = {}
 
@@ -82,7 +110,7 @@ class RabbitBroker(Broker):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         connection, self._connection = self._connection, None
-        self._forget_connection_state()
+        await self._drop_connection_state()
         if connection is not None and not connection.is_closed:
             await connection.close()
         self._set_connected(False)
@@ -94,15 +122,15 @@ class RabbitBroker(Broker):
                 Code.UNAVAILABLE,
                 f"not connected to {self.description}; reconnecting, retry shortly",
             )
-        if _is_blocked(connection):
+        await self._check_exchange(connection, envelope.exchange, envelope.routing_key)
+        lane = await self._lane(envelope.exchange)
+        if _is_blocked(lane.connection):
             raise GatewayError(
                 Code.RESOURCE_EXHAUSTED,
                 "RabbitMQ is blocking publishers (a memory or disk alarm); retry later",
             )
-        await self._check_exchange(connection, envelope.exchange, envelope.routing_key)
-        exchange = await self._publisher(connection, envelope.exchange)
-        message = aio_pika.Message(
-            envelope.body,
+        properties = aio_pika.Message(
+            b"",
             content_type=envelope.content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=envelope.message_id,
@@ -110,9 +138,15 @@ class RabbitBroker(Broker):
             timestamp=envelope.timestamp,
             app_id=envelope.app_id,
             headers=dict(envelope.headers),
-        )
+        ).properties
         try:
-            await exchange.publish(message, envelope.routing_key, mandatory=True)
+            await lane.channel.basic_publish(
+                envelope.body,
+                exchange=envelope.exchange,
+                routing_key=envelope.routing_key,
+                properties=properties,
+                mandatory=True,
+            )
         except aiormq.exceptions.PublishError:
             raise unroutable(envelope.exchange, envelope.routing_key) from None
         except aiormq.exceptions.DeliveryError as exc:
@@ -121,19 +155,27 @@ class RabbitBroker(Broker):
                 f"RabbitMQ nacked the message to exchange {envelope.exchange!r} "
                 f"({_frame_name(exc.frame)}); it was not stored, retry later",
             ) from None
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            self._checked.discard(envelope.exchange)
-            raise exchange_not_found(envelope.exchange, envelope.routing_key) from None
-        except (
-            aiormq.exceptions.AMQPError,
-            aiormq.exceptions.ChannelInvalidStateError,
-            ConnectionError,
-        ) as exc:
+        except _LOST as exc:
+            if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) or isinstance(
+                _close_reason(lane.channel), aiormq.exceptions.ChannelNotFoundEntity
+            ):
+                # The broker closed the lane's channel because the exchange is gone; whatever
+                # was still sent on it was discarded, so the outcome is known.
+                self._checked.discard(envelope.exchange)
+                raise exchange_not_found(envelope.exchange, envelope.routing_key) from None
             raise GatewayError(
                 Code.UNAVAILABLE,
                 f"lost the channel to RabbitMQ before the confirm ({type(exc).__name__}): the "
                 "outcome is unknown; retry with the same idempotency_key to avoid a duplicate",
             ) from None
+
+    async def _connect(self, url: str, purpose: str) -> AbstractConnection:
+        return await aio_pika.connect(
+            url,
+            timeout=self._connect_timeout,
+            heartbeat=self._heartbeat,
+            client_properties={"connection_name": f"{self._connection_name} {purpose}"},
+        )
 
     async def _supervise(self) -> None:
         backoff = _FIRST_BACKOFF_SECONDS
@@ -142,12 +184,7 @@ class RabbitBroker(Broker):
             url = self._urls[attempt % len(self._urls)]
             attempt += 1
             try:
-                connection = await aio_pika.connect(
-                    url,
-                    timeout=self._connect_timeout,
-                    heartbeat=self._heartbeat,
-                    client_properties={"connection_name": self._connection_name},
-                )
+                connection = await self._connect(url, "control")
             except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
                 log.warning(
                     "cannot connect to RabbitMQ",
@@ -161,20 +198,26 @@ class RabbitBroker(Broker):
             backoff = _FIRST_BACKOFF_SECONDS
             lost = asyncio.Event()
             connection.close_callbacks.add(lambda _sender, _exc, lost=lost: lost.set())
+            self._url = url
             self._connection = connection
             self._set_connected(True)
             log.info("connected to RabbitMQ", url=redact(url))
             await lost.wait()
             self._connection = None
-            self._forget_connection_state()
             self._set_connected(False)
+            await self._drop_connection_state()
             if not self._closing:
                 log.warning("lost the connection to RabbitMQ; reconnecting", url=redact(url))
 
-    def _forget_connection_state(self) -> None:
-        self._publishers.clear()
+    async def _drop_connection_state(self) -> None:
+        lanes = [lane for lane in self._lanes.values() if lane.done() and not lane.exception()]
+        self._lanes.clear()
         self._checked.clear()
         self._checks.clear()
+        for lane in lanes:
+            if not lane.result().connection.is_closed:
+                with contextlib.suppress(*_LOST, OSError):
+                    await lane.result().connection.close()
 
     async def _check_exchange(
         self, connection: AbstractConnection, exchange: str, routing_key: str
@@ -184,7 +227,7 @@ class RabbitBroker(Broker):
             return
         check = self._checks.get(exchange)
         if check is None:
-            check = _background(self._passive_declare(connection, exchange))
+            check = _shared(self._passive_declare(connection, exchange))
             self._checks[exchange] = check
             check.add_done_callback(
                 lambda done: (
@@ -195,11 +238,7 @@ class RabbitBroker(Broker):
             await asyncio.shield(check)
         except aiormq.exceptions.ChannelNotFoundEntity:
             raise exchange_not_found(exchange, routing_key) from None
-        except (
-            aiormq.exceptions.AMQPError,
-            aiormq.exceptions.ChannelInvalidStateError,
-            ConnectionError,
-        ) as exc:
+        except _LOST as exc:
             raise GatewayError(
                 Code.UNAVAILABLE,
                 f"could not check exchange {exchange!r} on RabbitMQ ({type(exc).__name__}); "
@@ -216,43 +255,50 @@ class RabbitBroker(Broker):
         if connection is self._connection:
             self._checked.add(exchange)
 
-    async def _publisher(self, connection: AbstractConnection, exchange: str) -> Exchange:
-        """The exchange on its own confirm channel, opened on first use and after a close."""
-        opening = self._publishers.get(exchange)
+    async def _lane(self, exchange: str) -> _Lane:
+        """The exchange's publishing lane, opened on first use and again after it failed."""
+        opening = self._lanes.get(exchange)
         if (
             opening is not None
             and opening.done()
-            and (opening.exception() is not None or opening.result().channel.is_closed)
+            and (opening.exception() is not None or not opening.result().usable)
         ):
+            if opening.exception() is None and not opening.result().connection.is_closed:
+                _shared(opening.result().connection.close())
             opening = None
         if opening is None:
-            opening = _background(self._open_publisher(connection, exchange))
-            self._publishers[exchange] = opening
+            opening = _shared(self._open_lane(exchange))
+            self._lanes[exchange] = opening
         try:
             return await asyncio.shield(opening)
-        except (
-            aiormq.exceptions.AMQPError,
-            aiormq.exceptions.ChannelInvalidStateError,
-            ConnectionError,
-        ) as exc:
+        except (*_LOST, OSError, TimeoutError) as exc:
             raise GatewayError(
                 Code.UNAVAILABLE,
-                f"could not open a channel to RabbitMQ ({type(exc).__name__}); retry shortly",
+                f"could not open a connection to RabbitMQ for exchange {exchange!r} "
+                f"({type(exc).__name__}); retry shortly",
             ) from None
 
-    @staticmethod
-    async def _open_publisher(connection: AbstractConnection, exchange: str) -> Exchange:
-        channel: AbstractChannel = await connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
-        return cast(Exchange, await channel.get_exchange(exchange, ensure=False))
+    async def _open_lane(self, exchange: str) -> _Lane:
+        connection = await self._connect(self._url, f"publisher {exchange}")
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            return _Lane(connection, await channel.get_underlay_channel())
+        except BaseException:
+            await connection.close()
+            raise
 
 
-def _background(work: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
-    """A task shared by several waiters, its error read even when every waiter has gone."""
+def _shared(work: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
+    """A task several callers may await, its error read even when every caller has gone."""
     task = asyncio.ensure_future(work)
     task.add_done_callback(lambda done: done.cancelled() or done.exception())
     return task
+
+
+def _close_reason(channel: aiormq.abc.AbstractChannel) -> BaseException | None:
+    """Why the broker closed a channel; aiormq sets this before the channel reads as closed."""
+    reason = getattr(channel, "_close_exception", None)
+    return reason if isinstance(reason, BaseException) else None
 
 
 def _is_blocked(connection: AbstractConnection) -> bool:
