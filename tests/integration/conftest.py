@@ -62,7 +62,7 @@ def rabbitmq_url() -> Iterator[str]:
 
 @dataclass
 class Topology:
-    """The test vhost's topology as definitions.json declares it, and ways to inspect and break it."""
+    """The test vhost's topology from definitions.json, and ways to inspect and break it."""
 
     channel: AbstractChannel
     definitions: dict[str, Any]

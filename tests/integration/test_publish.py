@@ -382,7 +382,8 @@ async def test_unroutable_task_fails_alone_and_gateway_recovers(
 
     for error in errors:
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "'images.tasks'" in error.details() and "'images.generate'" in error.details()
+        assert "'images.tasks'" in error.details()
+        assert "'images.generate'" in error.details()
         assert "unroutable" in error.details()
     landed = await topology.drain_all()
     assert landed["images.queue"] == []
@@ -418,7 +419,8 @@ async def test_deleted_exchange_fails_alone_and_gateway_recovers(
 
     for error in errors:
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "'images.tasks'" in error.details() and "'images.generate'" in error.details()
+        assert "'images.tasks'" in error.details()
+        assert "'images.generate'" in error.details()
         assert "does not exist" in error.details()
     landed = await topology.drain_all()
     assert sorted(m.message_id for m in landed["videos.queue"]) == sorted(
