@@ -113,7 +113,7 @@ def load_settings(
     environ = os.environ if environ is None else environ
     overrides = _environment_overrides(environ)
     if config_path is None:
-        run_mode = str(overrides.get("run_mode", "development"))
+        run_mode = overrides["run_mode"].text if "run_mode" in overrides else "development"
         default_path = Path("config") / f"{run_mode}.toml"
         config_path = default_path if default_path.is_file() else None
     raw: dict[str, Any] = {}
@@ -171,10 +171,11 @@ def _build(cls: type[_T], raw: Any, prefix: str) -> _T:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in raw:
+    for key, value in raw.items():
         if key not in fields:
             known = ", ".join(sorted(prefix + name for name in fields))
-            raise ConfigError(f"unknown setting {prefix}{key!s} (known: {known})")
+            where = f" (from {value.variable})" if isinstance(value, _EnvValue) else ""
+            raise ConfigError(f"unknown setting {prefix}{key!s}{where} (known: {known})")
     values: dict[str, Any] = {}
     for name, value in raw.items():
         values[name] = _convert(hints[name], value, prefix + name)
@@ -263,7 +264,7 @@ def _check(settings: Settings) -> None:
         "broker.max_in_flight": settings.broker.max_in_flight,
     }
     for key, number in positive.items():
-        if number <= 0:
+        if not number > 0:  # also refuses NaN
             raise ConfigError(f"{key}: must be greater than 0, got {number}")
     if settings.grpc.shutdown_grace_seconds < 0:
         raise ConfigError("grpc.shutdown_grace_seconds: must not be negative")

@@ -212,9 +212,9 @@ def _render_payload(
     return json_format.MessageToDict(message, preserving_proto_field_name=True), []
 
 
-# json_format names the failing field as `at "GeneratePayload.width"` when nested, and as
-# `Failed to parse width field` at the top.
-_PARSE_ERROR_PATH = re.compile(r' at "[^".]+\.([^"]+)"')
+# json_format names the failing field as `at GeneratePayload.width` (quoted in some
+# versions), or as `Failed to parse width field`.
+_PARSE_ERROR_PATH = re.compile(r' at "?[^".\s]+\.([^"\s]+)"?')
 _PARSE_ERROR_FIELD = re.compile(r"Failed to parse (\w+) field")
 
 

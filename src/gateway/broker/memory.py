@@ -129,7 +129,9 @@ class MemoryBroker(Broker):
         if not queues:
             raise unroutable(envelope.exchange, envelope.routing_key)
         full = [
-            q.name for q in queues if q.reject_publish and len(q.messages) >= (q.max_length or 0)
+            q.name
+            for q in queues
+            if q.reject_publish and q.max_length is not None and len(q.messages) >= q.max_length
         ]
         if full:
             # RabbitMQ nacks a message that a reject-publish queue refused.

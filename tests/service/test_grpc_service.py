@@ -1,0 +1,143 @@
+"""The gRPC server's own behaviour, on brokers the test controls: deadlines, caps, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from images.v1 import images_pb2, images_pb2_grpc
+
+from gateway.broker import Broker, Envelope
+from gateway.broker.memory import Definitions, MemoryBroker
+from gateway.config import RouteSettings
+from tests.conftest import DEFINITIONS, make_settings, replace_settings
+
+REQUEST = images_pb2.GenerateRequest(
+    user_id="u1", payload=images_pb2.GeneratePayload(model="m", prompt="p", image_name="n")
+)
+
+
+class HeldBroker(Broker):
+    """Confirms only when the test releases it, or raises what the test says."""
+
+    description = "held broker"
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self.published: list[Envelope] = []
+        self.error = error
+
+    async def start(self) -> None:
+        self._set_connected(True)
+
+    async def close(self) -> None:
+        self._set_connected(False)
+
+    async def publish(self, envelope: Envelope) -> None:
+        self.arrived.set()
+        if self.error is not None:
+            raise self.error
+        await self.release.wait()
+        self.published.append(envelope)
+
+
+def memory_broker() -> MemoryBroker:
+    return MemoryBroker(Definitions.load(DEFINITIONS))
+
+
+async def test_publish_slower_than_the_cap_is_deadline_exceeded(start_gateway: Any) -> None:
+    """A confirm later than broker.publish_timeout_seconds is DEADLINE_EXCEEDED, outcome unknown."""
+    broker = HeldBroker()
+    settings = replace_settings(make_settings(), "broker", publish_timeout_seconds=0.2)
+    running = await start_gateway(settings, broker)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await images_pb2_grpc.ImagesServiceStub(running.channel).Generate(REQUEST)
+
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "outcome is unknown" in caught.value.details()
+    assert "idempotency_key" in caught.value.details()
+    broker.release.set()
+    assert await running.gateway.ingestor.drain(5) == 0
+    assert len(broker.published) == 1, "the shielded publish still completed"
+
+
+async def test_in_flight_cap_answers_resource_exhausted(start_gateway: Any) -> None:
+    """Past broker.max_in_flight waiting publishes, a request is RESOURCE_EXHAUSTED at once."""
+    broker = HeldBroker()
+    settings = replace_settings(make_settings(), "broker", max_in_flight=1)
+    running = await start_gateway(settings, broker)
+    stub = images_pb2_grpc.ImagesServiceStub(running.channel)
+    first = asyncio.ensure_future(stub.Generate(REQUEST))
+    await broker.arrived.wait()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Generate(REQUEST)
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "broker.max_in_flight" in caught.value.details()
+    broker.release.set()
+    assert (await first).task_key.startswith("u1:image-generation:")
+
+
+async def test_unexpected_error_is_internal_without_details(start_gateway: Any) -> None:
+    """A bug below the handler is answered INTERNAL, its text kept out of the reply."""
+    running = await start_gateway(make_settings(), HeldBroker(error=RuntimeError("secret dsn")))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await images_pb2_grpc.ImagesServiceStub(running.channel).Generate(REQUEST)
+
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in caught.value.details()
+    assert "internal error" in caught.value.details()
+
+
+async def test_route_to_missing_exchange_is_failed_precondition(start_gateway: Any) -> None:
+    """A configured route whose exchange the broker lacks is FAILED_PRECONDITION naming it."""
+    from taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+    settings = make_settings(
+        routes=(
+            RouteSettings(task_type="audio.generate", exchange="audio.tasks", service_name="audio"),
+        )
+    )
+    broker = memory_broker()
+    running = await start_gateway(settings, broker)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gateway_pb2_grpc.TaskGatewayServiceStub(running.channel).Publish(
+            gateway_pb2.PublishRequest(user_id="u", task_type="audio.generate")
+        )
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "'audio.tasks'" in caught.value.details()
+    assert "'audio.generate'" in caught.value.details()
+    assert all(not queue.messages for queue in broker.queues.values())
+
+
+async def test_graceful_shutdown_lets_in_flight_publish_finish(start_gateway: Any) -> None:
+    """On stop, health turns NOT_SERVING, new calls are refused, the call in flight gets OK."""
+    broker = HeldBroker()
+    running = await start_gateway(make_settings(), broker)
+    stub = images_pb2_grpc.ImagesServiceStub(running.channel)
+    in_flight = asyncio.ensure_future(stub.Generate(REQUEST))
+    await broker.arrived.wait()
+    health = health_pb2_grpc.HealthStub(running.channel).Watch(health_pb2.HealthCheckRequest())
+    assert (await health.read()).status == health_pb2.HealthCheckResponse.SERVING
+
+    stopping = asyncio.ensure_future(running.gateway.stop(grace=5.0))
+    assert (await health.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Generate(REQUEST, timeout=2)
+    broker.release.set()
+
+    assert (await in_flight).task_key.startswith("u1:image-generation:")
+    await stopping
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(broker.published) == 1
+    assert not broker.connected, "the broker connection is closed after the drain"
