@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from images.v1 import images_pb2, images_pb2_grpc
 
@@ -141,3 +142,25 @@ async def test_graceful_shutdown_lets_in_flight_publish_finish(start_gateway: An
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert len(broker.published) == 1
     assert not broker.connected, "the broker connection is closed after the drain"
+
+
+async def test_each_request_is_logged_once_without_payload(start_gateway: Any) -> None:
+    """One log event per request, with key, type, exchange, code and latency, and no payload."""
+    running = await start_gateway(make_settings(), memory_broker())
+    stub = images_pb2_grpc.ImagesServiceStub(running.channel)
+    secret = images_pb2.GeneratePayload(model="m", prompt="very private words", image_name="n")
+
+    with structlog.testing.capture_logs() as logs:
+        ok = await stub.Generate(images_pb2.GenerateRequest(user_id="u1", payload=secret))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Generate(images_pb2.GenerateRequest(user_id="", payload=secret))
+
+    outcomes = [e for e in logs if e["event"] in ("task published", "task not published")]
+    assert [(e["code"], e.get("task_key")) for e in outcomes] == [
+        ("OK", ok.task_key),
+        ("INVALID_ARGUMENT", None),
+    ]
+    assert outcomes[0]["exchange"] == "images.tasks"
+    assert all(e["task_type"] == "images.generate" for e in outcomes)
+    assert all(isinstance(e["latency_ms"], float) for e in outcomes)
+    assert "very private words" not in repr(outcomes)
