@@ -27,10 +27,13 @@ $(INSTALLED): pyproject.toml
 # Where googleapis-common-protos keeps google/api/*.proto (imported by the contracts).
 GOOGLEAPIS = $(shell $(PY) -c 'import os, google.api; print(os.path.dirname(os.path.dirname(list(google.api.__path__)[0])))')
 
+# Besides the Python modules, a descriptor set with source info: the proto comments, which
+# the generated modules drop, become the OpenAPI descriptions and JSON Schema titles.
 define protoc
 	rm -rf $(addprefix $(1)/,$(GENERATED_PACKAGES))
 	$(PY) -m grpc_tools.protoc -I proto -I $(GOOGLEAPIS) \
-		--python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) $(PROTOS)
+		--python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) \
+		--include_source_info --descriptor_set_out=$(1)/taskgateway/v1/contracts.binpb $(PROTOS)
 endef
 
 generate: $(INSTALLED) ## Regenerate src/generated from proto/

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctaskgateway/v1/gateway.proto\x12\x0etaskgateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\"w\n\x0ePublishRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"#\n\x0fPublishResponse\x12\x10\n\x08task_key\x18\x01 \x01(\t2\x83\x01\n\x12TaskGatewayService\x12m\n\x07Publish\x12\x1e.taskgateway.v1.PublishRequest\x1a\x1f.taskgateway.v1.PublishResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/api/v1/broker/publish:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctaskgateway/v1/gateway.proto\x12\x0etaskgateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\"w\n\x0ePublishRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"#\n\x0fPublishResponse\x12\x10\n\x08task_key\x18\x01 \x01(\t\"\x16\n\x14ListTaskTypesRequest\"g\n\x08TaskType\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12\x13\n\x0brouting_key\x18\x03 \x01(\t\x12\x14\n\x0cservice_name\x18\x04 \x01(\t\x12\x0b\n\x03rpc\x18\x05 \x01(\t\"E\n\x15ListTaskTypesResponse\x12,\n\ntask_types\x18\x01 \x03(\x0b\x32\x18.taskgateway.v1.TaskType\"-\n\x18GetTaskTypeSchemaRequest\x12\x11\n\ttask_type\x18\x01 \x01(\t\"\\\n\x19GetTaskTypeSchemaResponse\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12,\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct2\x97\x03\n\x12TaskGatewayService\x12m\n\x07Publish\x12\x1e.taskgateway.v1.PublishRequest\x1a\x1f.taskgateway.v1.PublishResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/api/v1/broker/publish:\x01*\x12x\n\rListTaskTypes\x12$.taskgateway.v1.ListTaskTypesRequest\x1a%.taskgateway.v1.ListTaskTypesResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/task-types\x12\x97\x01\n\x11GetTaskTypeSchema\x12(.taskgateway.v1.GetTaskTypeSchemaRequest\x1a).taskgateway.v1.GetTaskTypeSchemaResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/api/v1/task-types/{task_type}/schemab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKGATEWAYSERVICE'].methods_by_name['Publish']._loaded_options = None
   _globals['_TASKGATEWAYSERVICE'].methods_by_name['Publish']._serialized_options = b'\202\323\344\223\002\033\"\026/api/v1/broker/publish:\001*'
+  _globals['_TASKGATEWAYSERVICE'].methods_by_name['ListTaskTypes']._loaded_options = None
+  _globals['_TASKGATEWAYSERVICE'].methods_by_name['ListTaskTypes']._serialized_options = b'\202\323\344\223\002\024\022\022/api/v1/task-types'
+  _globals['_TASKGATEWAYSERVICE'].methods_by_name['GetTaskTypeSchema']._loaded_options = None
+  _globals['_TASKGATEWAYSERVICE'].methods_by_name['GetTaskTypeSchema']._serialized_options = b'\202\323\344\223\002\'\022%/api/v1/task-types/{task_type}/schema'
   _globals['_PUBLISHREQUEST']._serialized_start=108
   _globals['_PUBLISHREQUEST']._serialized_end=227
   _globals['_PUBLISHRESPONSE']._serialized_start=229
   _globals['_PUBLISHRESPONSE']._serialized_end=264
-  _globals['_TASKGATEWAYSERVICE']._serialized_start=267
-  _globals['_TASKGATEWAYSERVICE']._serialized_end=398
+  _globals['_LISTTASKTYPESREQUEST']._serialized_start=266
+  _globals['_LISTTASKTYPESREQUEST']._serialized_end=288
+  _globals['_TASKTYPE']._serialized_start=290
+  _globals['_TASKTYPE']._serialized_end=393
+  _globals['_LISTTASKTYPESRESPONSE']._serialized_start=395
+  _globals['_LISTTASKTYPESRESPONSE']._serialized_end=464
+  _globals['_GETTASKTYPESCHEMAREQUEST']._serialized_start=466
+  _globals['_GETTASKTYPESCHEMAREQUEST']._serialized_end=511
+  _globals['_GETTASKTYPESCHEMARESPONSE']._serialized_start=513
+  _globals['_GETTASKTYPESCHEMARESPONSE']._serialized_end=605
+  _globals['_TASKGATEWAYSERVICE']._serialized_start=608
+  _globals['_TASKGATEWAYSERVICE']._serialized_end=1015
 # @@protoc_insertion_point(module_scope)

@@ -1,8 +1,9 @@
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -24,3 +25,41 @@ class PublishResponse(_message.Message):
     TASK_KEY_FIELD_NUMBER: _ClassVar[int]
     task_key: str
     def __init__(self, task_key: _Optional[str] = ...) -> None: ...
+
+class ListTaskTypesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TaskType(_message.Message):
+    __slots__ = ("task_type", "exchange", "routing_key", "service_name", "rpc")
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    task_type: str
+    exchange: str
+    routing_key: str
+    service_name: str
+    rpc: str
+    def __init__(self, task_type: _Optional[str] = ..., exchange: _Optional[str] = ..., routing_key: _Optional[str] = ..., service_name: _Optional[str] = ..., rpc: _Optional[str] = ...) -> None: ...
+
+class ListTaskTypesResponse(_message.Message):
+    __slots__ = ("task_types",)
+    TASK_TYPES_FIELD_NUMBER: _ClassVar[int]
+    task_types: _containers.RepeatedCompositeFieldContainer[TaskType]
+    def __init__(self, task_types: _Optional[_Iterable[_Union[TaskType, _Mapping]]] = ...) -> None: ...
+
+class GetTaskTypeSchemaRequest(_message.Message):
+    __slots__ = ("task_type",)
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    task_type: str
+    def __init__(self, task_type: _Optional[str] = ...) -> None: ...
+
+class GetTaskTypeSchemaResponse(_message.Message):
+    __slots__ = ("task_type", "json_schema")
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    task_type: str
+    json_schema: _struct_pb2.Struct
+    def __init__(self, task_type: _Optional[str] = ..., json_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

@@ -41,6 +41,16 @@ class TaskGatewayServiceStub:
                 request_serializer=taskgateway_dot_v1_dot_gateway__pb2.PublishRequest.SerializeToString,
                 response_deserializer=taskgateway_dot_v1_dot_gateway__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.ListTaskTypes = channel.unary_unary(
+                '/taskgateway.v1.TaskGatewayService/ListTaskTypes',
+                request_serializer=taskgateway_dot_v1_dot_gateway__pb2.ListTaskTypesRequest.SerializeToString,
+                response_deserializer=taskgateway_dot_v1_dot_gateway__pb2.ListTaskTypesResponse.FromString,
+                _registered_method=True)
+        self.GetTaskTypeSchema = channel.unary_unary(
+                '/taskgateway.v1.TaskGatewayService/GetTaskTypeSchema',
+                request_serializer=taskgateway_dot_v1_dot_gateway__pb2.GetTaskTypeSchemaRequest.SerializeToString,
+                response_deserializer=taskgateway_dot_v1_dot_gateway__pb2.GetTaskTypeSchemaResponse.FromString,
+                _registered_method=True)
 
 
 class TaskGatewayServiceServicer:
@@ -58,6 +68,20 @@ class TaskGatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTaskTypes(self, request, context):
+        """Lists the task types the gateway routes, with where each is published.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTaskTypeSchema(self, request, context):
+        """Returns the JSON Schema of one task type's payload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskGatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -65,6 +89,16 @@ def add_TaskGatewayServiceServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=taskgateway_dot_v1_dot_gateway__pb2.PublishRequest.FromString,
                     response_serializer=taskgateway_dot_v1_dot_gateway__pb2.PublishResponse.SerializeToString,
+            ),
+            'ListTaskTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTaskTypes,
+                    request_deserializer=taskgateway_dot_v1_dot_gateway__pb2.ListTaskTypesRequest.FromString,
+                    response_serializer=taskgateway_dot_v1_dot_gateway__pb2.ListTaskTypesResponse.SerializeToString,
+            ),
+            'GetTaskTypeSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskTypeSchema,
+                    request_deserializer=taskgateway_dot_v1_dot_gateway__pb2.GetTaskTypeSchemaRequest.FromString,
+                    response_serializer=taskgateway_dot_v1_dot_gateway__pb2.GetTaskTypeSchemaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -96,6 +130,60 @@ class TaskGatewayService:
             '/taskgateway.v1.TaskGatewayService/Publish',
             taskgateway_dot_v1_dot_gateway__pb2.PublishRequest.SerializeToString,
             taskgateway_dot_v1_dot_gateway__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTaskTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskgateway.v1.TaskGatewayService/ListTaskTypes',
+            taskgateway_dot_v1_dot_gateway__pb2.ListTaskTypesRequest.SerializeToString,
+            taskgateway_dot_v1_dot_gateway__pb2.ListTaskTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskTypeSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskgateway.v1.TaskGatewayService/GetTaskTypeSchema',
+            taskgateway_dot_v1_dot_gateway__pb2.GetTaskTypeSchemaRequest.SerializeToString,
+            taskgateway_dot_v1_dot_gateway__pb2.GetTaskTypeSchemaResponse.FromString,
             options,
             channel_credentials,
             insecure,
