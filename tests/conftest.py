@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from gateway.broker import Broker
-from gateway.config import BrokerSettings, GrpcSettings, Settings
+from gateway.config import BrokerSettings, GrpcSettings, HttpSettings, Settings
 from gateway.server import Gateway
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +22,7 @@ def make_settings(broker_address: str = "", **sections: Any) -> Settings:
     """Settings for a test gateway: gRPC on a free port, the given broker, short timeouts."""
     return Settings(
         grpc=GrpcSettings(address="127.0.0.1:0", shutdown_grace_seconds=5.0),
+        server=HttpSettings(address="127.0.0.1:0"),
         broker=BrokerSettings(
             address=broker_address,
             definitions=str(DEFINITIONS),

@@ -7,7 +7,6 @@ limits and the one log line per request are the same whatever the client spoke.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from google.protobuf.message import Message
 from gateway import tasks, validation
 from gateway.broker import Broker, Envelope
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
+from gateway.jsonmapping import parse_json_object
 from gateway.routing import Route, RouteTable
 
 __all__ = ["Accepted", "Ingestor", "TaskRequest"]
@@ -79,10 +79,15 @@ class Ingestor:
         # matches a returned message to its publish by message_id (= task id), so two copies
         # in flight on one channel could be confused, and one would then read as confirmed.
         self._in_flight: dict[str, asyncio.Future[None]] = {}
+        self._closed = False
 
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    def close(self) -> None:
+        """Refuse new tasks from now on (shutdown); publishes already under way go on."""
+        self._closed = True
 
     async def submit(
         self,
@@ -99,6 +104,10 @@ class Ingestor:
         started = time.perf_counter()
         fields: dict[str, Any] = {"task_type": request.task_type[:_LOGGED_TASK_TYPE_LENGTH]}
         try:
+            if self._closed:
+                raise GatewayError(
+                    Code.UNAVAILABLE, "the gateway is shutting down; retry on another instance"
+                )
             prepared = self._prepare(request, traceparent)
             fields.update(task_key=prepared.task_key, exchange=prepared.route.exchange)
             await self._publish(prepared, timeout)
@@ -203,41 +212,13 @@ def _render_payload(
         message = payload
     else:
         message = route.payload_type()
-        violations = _parse_json_payload(payload or {}, message)
+        violations = parse_json_object(payload or {}, message, "payload")
         if violations:
             return None, violations
     violations = validation.check_payload(message)
     if violations:
         return None, violations
     return json_format.MessageToDict(message, preserving_proto_field_name=True), []
-
-
-# json_format names the failing field as `at GeneratePayload.width` (quoted in some
-# versions), or as `Failed to parse width field`.
-_PARSE_ERROR_PATH = re.compile(r' at "?[^".\s]+\.([^"\s]+)"?')
-_PARSE_ERROR_FIELD = re.compile(r"Failed to parse (\w+) field")
-
-
-def _parse_json_payload(payload: Mapping[str, Any], message: Message) -> list[FieldViolation]:
-    descriptor = message.DESCRIPTOR
-    names = {f.name for f in descriptor.fields} | {f.json_name for f in descriptor.fields}
-    unknown = [key for key in payload if key not in names]
-    if unknown:
-        known = ", ".join(f.name for f in descriptor.fields)
-        return [
-            FieldViolation(
-                f"payload.{key}", f"unknown field of {descriptor.full_name}; known fields: {known}"
-            )
-            for key in unknown
-        ]
-    try:
-        json_format.ParseDict(dict(payload), message)
-    except json_format.ParseError as exc:
-        text = str(exc).split("\n", 1)[0]
-        found = _PARSE_ERROR_PATH.search(text) or _PARSE_ERROR_FIELD.search(text)
-        field = f"payload.{found.group(1)}" if found else "payload"
-        return [FieldViolation(field, _PARSE_ERROR_PATH.sub("", text))]
-    return []
 
 
 # The client's mistakes are routine (info); the broker's trouble is the operator's (warning).

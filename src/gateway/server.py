@@ -1,4 +1,4 @@
-"""Wiring: settings -> broker, route table, ingestor -> gRPC server with health and reflection.
+"""Wiring: settings -> broker, route table, methods -> gRPC server and REST shim.
 
 Also the lifecycle: start, serve until SIGTERM/SIGINT, and shut down gracefully (report
 NOT_SERVING, stop accepting, let in-flight publishes finish, close the broker connection).
@@ -9,21 +9,30 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway import __version__
 from gateway.broker import Broker
 from gateway.broker.memory import Definitions, MemoryBroker
 from gateway.broker.rabbit import RabbitBroker
+from gateway.comments import Comments
 from gateway.config import Settings
 from gateway.contracts import CONTRACT_FILES
-from gateway.errors import ConfigError
-from gateway.grpc_service import GrpcService
+from gateway.errors import ConfigError, GatewayError
+from gateway.grpc_service import generic_handlers
+from gateway.http_rules import http_rules
+from gateway.http_shim import HttpShim
 from gateway.ingest import Ingestor
-from gateway.routing import build_route_table
+from gateway.methods import Methods
+from gateway.openapi import openapi_document
+from gateway.routing import RouteTable, build_route_table
+from gateway.schema import message_schema
 
 __all__ = ["Gateway", "make_broker"]
 
@@ -45,8 +54,20 @@ def make_broker(settings: Settings) -> Broker:
     return MemoryBroker(Definitions.load(Path(settings.broker.definitions)))
 
 
+def payload_schemas(routes: RouteTable, comments: Comments) -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every task type's payload; any object for untyped routes."""
+    return {
+        task_type: (
+            message_schema(route.payload_type.DESCRIPTOR, comments)
+            if route.payload_type is not None
+            else {"type": "object", "description": "forwarded untouched"}
+        )
+        for task_type, route in routes.items()
+    }
+
+
 class Gateway:
-    """One gateway process: its broker, its gRPC server and their lifecycle."""
+    """One gateway process: its broker, its gRPC server, its REST shim and their lifecycle."""
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
@@ -59,12 +80,24 @@ class Gateway:
             publish_timeout=settings.broker.publish_timeout_seconds,
             max_in_flight=settings.broker.max_in_flight,
         )
+        comments = Comments.load()
+        self.methods = Methods(self.ingestor, payload_schemas(self.routes, comments))
+        rules = http_rules(CONTRACT_FILES)
+        self.http_shim = HttpShim(
+            self.methods,
+            rules,
+            openapi=openapi_document(rules, comments, self.routes, version=__version__),
+            readiness=self.readiness,
+            max_request_bytes=settings.grpc.max_request_bytes,
+        )
         # `health.aio` is grpc's asyncio servicer; the package ships no type stubs for it.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self.grpc_service = GrpcService(self.ingestor)
         self._health_updates: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self.server: grpc.aio.Server | None = None
+        self.http_runner: web.AppRunner | None = None
         self.grpc_port: int | None = None
+        self.http_port: int | None = None
 
     async def start(self) -> None:
         """Start the broker connection and listen; does not wait for the broker to be reachable."""
@@ -74,35 +107,79 @@ class Gateway:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.server.add_generic_rpc_handlers(self.grpc_service.handlers())
+        self.server.add_generic_rpc_handlers(generic_handlers(self.methods))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            [*self.grpc_service.service_names, _HEALTH_SERVICE, reflection.SERVICE_NAME],
+            [*self.methods.service_names, _HEALTH_SERVICE, reflection.SERVICE_NAME],
             self.server,
         )
-        address = self.settings.grpc.address
+        grpc_address = self.settings.grpc.address
         try:
-            self.grpc_port = self.server.add_insecure_port(address)
+            self.grpc_port = self.server.add_insecure_port(grpc_address)
         except RuntimeError as exc:
-            raise ConfigError(f"grpc.address: cannot listen on {address}: {exc}") from exc
+            raise ConfigError(f"grpc.address: cannot listen on {grpc_address}: {exc}") from exc
         self.broker.add_state_listener(self._on_broker_state)
         await self.broker.start()
         await self.server.start()
+        await self._start_http()
         log.info(
             "task gateway listening",
-            grpc=f"{address.rpartition(':')[0]}:{self.grpc_port}",
+            grpc=f"{grpc_address.rpartition(':')[0]}:{self.grpc_port}",
+            http=f"{self.settings.server.address.rpartition(':')[0]}:{self.http_port}",
             broker=self.broker.description,
             task_types=list(self.routes.task_types),
         )
+
+    async def _start_http(self) -> None:
+        host, _, port = self.settings.server.address.rpartition(":")
+        self.http_runner = web.AppRunner(
+            self.http_shim.application(),
+            access_log=None,  # every request is logged once, by the gateway itself
+            shutdown_timeout=self.settings.grpc.shutdown_grace_seconds,
+        )
+        await self.http_runner.setup()
+        site = web.TCPSite(self.http_runner, host.strip("[]"), int(port))
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"server.address: cannot listen on {self.settings.server.address}: {exc.strerror}"
+            ) from exc
+        self.http_port = self.http_runner.addresses[0][1]
+
+    async def readiness(self) -> str | None:
+        """None when ready to publish (broker connected, every exchange present), else why not."""
+        if self._stopping:
+            return "shutting down"
+        if not self.broker.connected:
+            return f"not connected to {self.broker.description}"
+        try:
+            missing = [
+                exchange
+                for exchange in sorted({route.exchange for route in self.routes.values()})
+                if not await self.broker.exchange_exists(exchange)
+            ]
+        except GatewayError as error:
+            return error.message
+        if missing:
+            return f"exchanges missing on the broker: {', '.join(missing)}"
+        return None
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish, then disconnect."""
         grace = self.settings.grpc.shutdown_grace_seconds if grace is None else grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        self._stopping = True
+        # Refuse new tasks at once, whatever the transports still accept while they stop.
+        self.ingestor.close()
         await self.health.enter_graceful_shutdown()
+        stopping = []
         if self.server is not None:
-            await self.server.stop(grace)
+            stopping.append(self.server.stop(grace))
+        if self.http_runner is not None:
+            stopping.append(self.http_runner.cleanup())
+        await asyncio.gather(*stopping)
         # Publishes whose callers already gave up (deadline) may still be waiting for a confirm.
         unfinished = await self.ingestor.drain(max(0.0, deadline - loop.time()))
         if unfinished:
@@ -135,5 +212,5 @@ class Gateway:
         update.add_done_callback(self._health_updates.discard)
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
-        for service in ("", *self.grpc_service.service_names):
+        for service in ("", *self.methods.service_names):
             await self.health.set(service, status)

@@ -7,6 +7,7 @@ read once per message type, not once per request.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -21,6 +22,7 @@ __all__ = [
     "check_idempotency_key",
     "check_payload",
     "check_user_id",
+    "request_field_schemas",
 ]
 
 MAX_USER_ID_LENGTH = 128
@@ -41,6 +43,20 @@ _NUMERIC = frozenset(
         FieldDescriptor.CPPTYPE_FLOAT,
     }
 )
+
+
+def request_field_schemas(task_types: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """JSON Schema keywords for the request fields these checks cover, for the OpenAPI document."""
+    return {
+        # No ':' (it separates the parts of the task key) and no C0/C1 control characters.
+        "user_id": {
+            "minLength": 1,
+            "maxLength": MAX_USER_ID_LENGTH,
+            "pattern": "^[^:\\u0000-\\u001f\\u007f-\\u009f]*$",
+        },
+        "idempotency_key": {"maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
+        "task_type": {"enum": sorted(task_types)},
+    }
 
 
 def check_user_id(user_id: str, field: str = "user_id") -> list[FieldViolation]:

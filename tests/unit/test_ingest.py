@@ -59,6 +59,9 @@ class GatedBroker(Broker):
     async def close(self) -> None:
         await self.inner.close()
 
+    async def exchange_exists(self, exchange: str) -> bool:
+        return await self.inner.exchange_exists(exchange)
+
     async def publish(self, envelope: Envelope) -> None:
         self.calls += 1
         self.started.set()

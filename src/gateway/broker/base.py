@@ -68,5 +68,9 @@ class Broker(abc.ABC):
         """Disconnect; publishes still running fail."""
 
     @abc.abstractmethod
+    async def exchange_exists(self, exchange: str) -> bool:
+        """Whether the exchange exists; GatewayError UNAVAILABLE when the broker is away."""
+
+    @abc.abstractmethod
     async def publish(self, envelope: Envelope) -> None:
         """Publish persistent and mandatory; return once confirmed, raise GatewayError if not."""

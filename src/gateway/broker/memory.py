@@ -119,6 +119,11 @@ class MemoryBroker(Broker):
     async def close(self) -> None:
         self._set_connected(False)
 
+    async def exchange_exists(self, exchange: str) -> bool:
+        if not self.connected:
+            raise GatewayError(Code.UNAVAILABLE, "the in-memory broker is closed")
+        return exchange in self.exchanges
+
     async def publish(self, envelope: Envelope) -> None:
         if not self.connected:
             raise GatewayError(Code.UNAVAILABLE, "the in-memory broker is closed")

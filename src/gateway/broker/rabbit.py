@@ -115,13 +115,17 @@ class RabbitBroker(Broker):
             await connection.close()
         self._set_connected(False)
 
+    async def exchange_exists(self, exchange: str) -> bool:
+        try:
+            await self._check_exchange(self._control(), exchange, "")
+        except GatewayError as error:
+            if error.code is Code.FAILED_PRECONDITION:
+                return False
+            raise
+        return True
+
     async def publish(self, envelope: Envelope) -> None:
-        connection = self._connection
-        if connection is None or connection.is_closed:
-            raise GatewayError(
-                Code.UNAVAILABLE,
-                f"not connected to {self.description}; reconnecting, retry shortly",
-            )
+        connection = self._control()
         await self._check_exchange(connection, envelope.exchange, envelope.routing_key)
         lane = await self._lane(envelope.exchange)
         if _is_blocked(lane.connection):
@@ -168,6 +172,16 @@ class RabbitBroker(Broker):
                 f"lost the channel to RabbitMQ before the confirm ({type(exc).__name__}): the "
                 "outcome is unknown; retry with the same idempotency_key to avoid a duplicate",
             ) from None
+
+    def _control(self) -> AbstractConnection:
+        """The control connection, or UNAVAILABLE while there is none."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            raise GatewayError(
+                Code.UNAVAILABLE,
+                f"not connected to {self.description}; reconnecting, retry shortly",
+            )
+        return connection
 
     async def _connect(self, url: str, purpose: str) -> AbstractConnection:
         return await aio_pika.connect(

@@ -1,0 +1,330 @@
+"""The REST shim: grpc-gateway-style JSON transcoding onto the same methods as gRPC.
+
+Routes come from the `google.api.http` annotations (`http_rules`), so an annotated RPC gets
+its REST route with no change here. A request body is parsed with protobuf's JSON mapping
+(proto and lowerCamel names), path variables are bound to request fields, headers become
+call metadata, and the method that serves gRPC answers. Errors are `google.rpc.Status` JSON
+with the HTTP status of `http_status.HTTP_STATUS`.
+
+It runs on aiohttp, in the gateway's own process and event loop: a mature asyncio HTTP/1.1
+server that shares yarl/multidict with aio-pika and can bind with SO_REUSEPORT.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from swagger_ui.utils import SWAGGER_UI_PY_ROOT
+
+from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
+from gateway.grpc_service import to_status_proto
+from gateway.http_rules import HttpRule
+from gateway.http_status import HTTP_STATUS
+from gateway.jsonmapping import parse_json_object
+from gateway.methods import CallContext, Method, Methods
+
+__all__ = ["HttpShim"]
+
+log = structlog.get_logger("gateway.http")
+
+# Returns None when ready, else why not.
+Readiness = Callable[[], Awaitable[str | None]]
+
+_FORWARDED_HEADERS = frozenset({"authorization", "x-request-id", "traceparent", "tracestate"})
+_METADATA_PREFIX = "grpc-metadata-"
+# gRPC's timeout header: up to 8 digits and a unit (Hours, Minutes, Seconds, milli, micro, nano).
+_GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+# The gateway's own GET routes (registered on the router ahead of the RPC routes).
+_OWN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
+
+_DOCS_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Task Gateway API</title>
+  <link rel="stylesheet" href="/docs/static/swagger-ui.css">
+  <link rel="icon" type="image/png" href="/docs/static/favicon-32x32.png">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/static/swagger-ui-bundle.js"></script>
+  <script>
+    // validatorUrl null: Swagger UI would otherwise send the document to an online validator.
+    window.ui = SwaggerUIBundle({
+      url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null
+    });
+  </script>
+</body>
+</html>
+"""
+
+
+class HttpShim:
+    def __init__(
+        self,
+        methods: Methods,
+        rules: Sequence[HttpRule],
+        *,
+        openapi: Mapping[str, Any],
+        readiness: Readiness,
+        max_request_bytes: int,
+    ) -> None:
+        self._routes = [(rule, methods[_wire_name(rule)]) for rule in rules]
+        self._openapi = json.dumps(openapi, ensure_ascii=False).encode()
+        self._readiness = readiness
+        self._max_request_bytes = max_request_bytes
+
+    def application(self) -> web.Application:
+        # Bodies are read by `_body`, which answers 413 itself, in Status JSON.
+        app = web.Application(client_max_size=self._max_request_bytes)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/openapi.json", self._openapi_json)
+        app.router.add_get("/docs", self._docs)
+        app.router.add_static("/docs/static", SWAGGER_UI_PY_ROOT / "static")
+        app.router.add_route("*", "/{path:.*}", self._dispatch)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        reason = await self._readiness()
+        if reason is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+
+    async def _openapi_json(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    async def _docs(self, request: web.Request) -> web.Response:
+        return web.Response(text=_DOCS_PAGE, content_type="text/html")
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        request_id = request.headers.get("X-Request-Id")
+        with structlog.contextvars.bound_contextvars(
+            transport="http",
+            peer=request.remote,
+            **({"request_id": request_id} if request_id else {}),
+        ):
+            try:
+                return await self._call(request)
+            except GatewayError as error:
+                return _error_response(error)
+            except Exception:
+                log.exception("unexpected error in the HTTP shim", path=request.path)
+                return _error_response(
+                    GatewayError(Code.INTERNAL, "internal error; see the gateway's log")
+                )
+
+    async def _call(self, request: web.Request) -> web.StreamResponse:
+        try:
+            method, message, context = await self._transcode(request)
+        except GatewayError as error:
+            # Rejected before any method ran; methods log their own outcome.
+            log.info(
+                "http request rejected",
+                method=request.method,
+                path=request.rel_url.raw_path[:256],
+                code=error.code.name,
+                error=error.message,
+            )
+            raise
+        response = await method.handler(message, context)
+        return web.Response(body=_to_json(response), content_type="application/json")
+
+    async def _transcode(self, request: web.Request) -> tuple[Method, Message, CallContext]:
+        """The method a request routes to, its request message, and its call context."""
+        rule, method, variables = self._route(request)
+        fields: dict[str, Any] = {}
+        if rule.body:
+            body = await self._body(request)
+            if rule.body == "*" and not isinstance(body, dict):
+                raise invalid_argument(
+                    [FieldViolation("body", "must be a JSON object, got " + type(body).__name__)]
+                )
+            fields = body if rule.body == "*" else {rule.body: body}
+        for name, value in variables.items():
+            _set_path(fields, name, value)
+        message = method.request_type()
+        violations = parse_json_object(fields, message)
+        if violations:
+            raise invalid_argument(violations)
+        context = CallContext(
+            transport="http", timeout=_timeout(request), metadata=_metadata(request)
+        )
+        return method, message, context
+
+    def _route(self, request: web.Request) -> tuple[HttpRule, Method, dict[str, str]]:
+        path = request.rel_url.raw_path
+        allowed = ["GET", "HEAD"] if path in _OWN_PATHS else []
+        for rule, method in self._routes:
+            variables = rule.match(path)
+            if variables is None:
+                continue
+            if rule.verb == request.method:
+                return rule, method, variables
+            allowed.append(rule.verb)
+        if allowed:
+            raise _HttpError(
+                405,
+                Code.UNIMPLEMENTED,
+                f"method {request.method} is not allowed on {path}; use {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        raise _HttpError(404, Code.NOT_FOUND, f"no route for {request.method} {path}")
+
+    async def _body(self, request: web.Request) -> Any:
+        media_type = request.content_type
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            sent = request.headers.get("Content-Type", "none")
+            raise _HttpError(
+                415, Code.INVALID_ARGUMENT, f"Content-Type must be application/json, got {sent!r}"
+            )
+        length = request.content_length
+        if length is not None and length > self._max_request_bytes:
+            raise _too_large(length, self._max_request_bytes)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # a chunked body, with no Content-Length
+            raise _too_large(None, self._max_request_bytes) from None
+        return _parse_json(raw)
+
+
+class _HttpError(GatewayError):
+    """An error of the HTTP layer itself (routing, media type, size) with its own HTTP status."""
+
+    def __init__(
+        self, status: int, code: Code, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(code, message)
+        self.status = status
+        self.headers = dict(headers or {})
+
+
+def _too_large(size: int | None, limit: int) -> _HttpError:
+    got = f"{size} bytes" if size is not None else "more"
+    return _HttpError(
+        413,
+        Code.RESOURCE_EXHAUSTED,
+        f"request body is {got}, over the limit of {limit} bytes (grpc.max_request_bytes)",
+    )
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of duplicate keys; a request that has them is ambiguous."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_json(raw: bytes) -> Any:
+    def bad(description: str) -> GatewayError:
+        return invalid_argument([FieldViolation("body", description)])
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad(f"malformed JSON: not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno} (character {exc.pos})"
+        raise bad(f"malformed JSON at {where}: {exc.msg}") from None
+    except RecursionError:
+        raise bad("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # a duplicate key, NaN or Infinity
+        raise bad(f"malformed JSON: {exc}") from None
+
+
+def _set_path(fields: dict[str, Any], dotted: str, value: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = fields
+    for name in parents:
+        child = node.get(name)
+        if not isinstance(child, dict):
+            child = node[name] = {}
+        node = child
+    node[leaf] = value
+
+
+def _metadata(request: web.Request) -> dict[str, str]:
+    metadata = {}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower.startswith(_METADATA_PREFIX):
+            metadata[lower[len(_METADATA_PREFIX) :]] = value
+        elif lower in _FORWARDED_HEADERS:
+            metadata[lower] = value
+    return metadata
+
+
+def _timeout(request: web.Request) -> float | None:
+    header = request.headers.get("Grpc-Timeout")
+    if header is None:
+        return None
+    match = _GRPC_TIMEOUT.match(header.strip())
+    if match is None:
+        raise invalid_argument(
+            [
+                FieldViolation(
+                    "Grpc-Timeout",
+                    f"{header!r} is not a gRPC timeout (1 to 8 digits and a unit of H M S m u n)",
+                )
+            ]
+        )
+    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+def _to_json(message: Message) -> bytes:
+    body = _integral_floats_as_ints(
+        json_format.MessageToDict(message, preserving_proto_field_name=True)
+    )
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """Struct numbers are doubles; `256.0` in a JSON Schema reads better as `256`."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
+
+
+def _error_response(error: GatewayError) -> web.Response:
+    status = error.status if isinstance(error, _HttpError) else HTTP_STATUS[error.code]
+    body = json_format.MessageToDict(to_status_proto(error), preserving_proto_field_name=True)
+    body.setdefault("details", [])
+    return web.Response(
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        status=status,
+        content_type="application/json",
+        headers=error.headers if isinstance(error, _HttpError) else None,
+    )
+
+
+def _wire_name(rule: HttpRule) -> str:
+    return f"/{rule.method.containing_service.full_name}/{rule.method.name}"

@@ -1,0 +1,393 @@
+"""The OpenAPI 3.1 document of the REST shim, generated from the contracts.
+
+Built from the same `google.api.http` rules the shim routes by and the same proto comments the
+task catalog uses, so the document cannot drift from what the gateway serves. Every RPC
+operation lists every error status the shim can answer with, because REST clients of a task
+gateway must tell "retry with the same idempotency key" (503, 504, 429) from "fix the request"
+(400) without reading the code.
+
+The document is plain data (json.dumps-able) and deterministic: the same contracts always give
+the same bytes, so it can be cached, diffed and served as is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, cast
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.rpc import status_pb2
+
+from gateway.comments import Comments
+from gateway.errors import ConfigError
+from gateway.http_rules import HttpRule
+from gateway.routing import Route, RouteTable
+from gateway.schema import COMPONENTS_REF_PREFIX, SchemaBuilder
+from gateway.validation import request_field_schemas
+
+__all__ = ["ERROR_RESPONSES", "OPENAPI_VERSION", "openapi_document"]
+
+OPENAPI_VERSION = "3.1.0"
+
+_STATUS = "google.rpc.Status"
+_OPERATIONS_TAG = "operations"
+
+_DESCRIPTION = """\
+Submits asynchronous tasks (image generation, video generation, …) to RabbitMQ. Every route \
+below is transcoded onto the gateway's gRPC methods and runs the same validation, limits and \
+logging. A 200 answer carries a `task_key` (`user_id:service_name:task_id`) and means that \
+RabbitMQ confirmed the message: the broker took responsibility for the task, not that the task \
+ran.
+
+Bodies are JSON in protobuf's JSON mapping: proto field names (`image_name`) and lowerCamel \
+names (`imageName`) are both accepted; answers use proto field names. Errors are the JSON form \
+of `google.rpc.Status`: `{"code": 3, "message": "...", "details": [...]}`, where `code` is the \
+gRPC status code and a `google.rpc.BadRequest` detail names each bad field.
+
+Request headers the gateway honours:
+
+- `Authorization`: forwarded to the method as call metadata.
+- `Grpc-Metadata-<name>`: forwarded as call metadata `<name>`.
+- `X-Request-Id`: forwarded as call metadata and logged with the request.
+- `traceparent`, `tracestate`: W3C trace context; `traceparent` is copied into the published \
+message's headers.
+- `Grpc-Timeout`: the call's deadline in gRPC's format, 1 to 8 digits and a unit (`H` hours, \
+`M` minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds), e.g. `5S` or \
+`500m`.
+
+Send an `idempotency_key` with every task you may retry: the task id is then derived from \
+(user_id, task type, key), so a retry after an unknown outcome (504, 499, a dropped connection) \
+yields the same task key and downstream consumers can de-duplicate.
+"""
+
+# HTTP status -> (components/responses name, when the gateway answers with it). The gRPC
+# codes behind each status are those of http_status.HTTP_STATUS.
+ERROR_RESPONSES: dict[int, tuple[str, str]] = {
+    400: (
+        "BadRequest",
+        "INVALID_ARGUMENT: malformed JSON, a wrong field type, an unknown field or a failed "
+        "field rule (a google.rpc.BadRequest detail names each field); an unknown task_type "
+        "(the message lists the known ones); a user_id that is empty, over 128 characters or "
+        "contains ':' or control characters; an idempotency_key over 256 characters. "
+        "FAILED_PRECONDITION: the route's exchange does not exist on the broker, or the broker "
+        "returned the message as unroutable (the message names exchange and routing key). "
+        "Nothing was published: fix the request or the broker's definitions.",
+    ),
+    401: ("Unauthenticated", "UNAUTHENTICATED: credentials are missing or bad."),
+    403: ("PermissionDenied", "PERMISSION_DENIED: the caller may not make this call."),
+    404: (
+        "NotFound",
+        "No route matches the path, or NOT_FOUND from the method: e.g. an unknown task type "
+        "for the schema route.",
+    ),
+    405: (
+        "MethodNotAllowed",
+        "The path exists, but not for this HTTP method; the Allow header lists those it takes.",
+    ),
+    409: ("Conflict", "ABORTED or ALREADY_EXISTS."),
+    413: (
+        "PayloadTooLarge",
+        "The request is larger than the gateway's limit (grpc.max_request_bytes). Nothing was "
+        "published.",
+    ),
+    415: (
+        "UnsupportedMediaType",
+        "The request has a body whose Content-Type is not application/json.",
+    ),
+    429: (
+        "TooManyRequests",
+        "RESOURCE_EXHAUSTED: the cap on publishes awaiting a confirm is reached, or the broker "
+        "is blocking publishers (memory or disk alarm). Nothing was published: retry later, "
+        "with backoff.",
+    ),
+    499: (
+        "ClientClosedRequest",
+        "CANCELLED: the client went away before the answer. A publish already under way is "
+        "finished in the background: retry with the same idempotency_key.",
+    ),
+    500: (
+        "InternalError",
+        "INTERNAL (or UNKNOWN, DATA_LOSS): something unexpected; the gateway logs it, the reply "
+        "carries no internals.",
+    ),
+    501: ("NotImplemented", "UNIMPLEMENTED: the gateway does not serve this method."),
+    503: (
+        "Unavailable",
+        "UNAVAILABLE: the broker is down or the gateway is reconnecting to it, the broker "
+        "nacked the message, or the gateway is shutting down. Retry with the same "
+        "idempotency_key.",
+    ),
+    504: (
+        "GatewayTimeout",
+        "DEADLINE_EXCEEDED: no confirm from the broker before the deadline (Grpc-Timeout, or "
+        "the gateway's cap). The outcome is unknown: the task may have been published. Retry "
+        "with the same idempotency_key to get the same task key.",
+    ),
+}
+
+# Grpc-Timeout is described in the document's text rather than as a parameter: a deadline
+# too short to meet is the caller's choice, and a generated client or fuzzer that sends one
+# at random would read its 504 as a server fault.
+_HEADER_PARAMETERS: dict[str, dict[str, Any]] = {
+    "XRequestId": {
+        "name": "X-Request-Id",
+        "in": "header",
+        "required": False,
+        "description": "Forwarded as call metadata and logged with the request.",
+        "schema": {"type": "string"},
+    },
+}
+
+
+def openapi_document(
+    rules: Sequence[HttpRule],
+    comments: Comments,
+    routes: RouteTable,
+    *,
+    title: str = "Task Gateway",
+    version: str,
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the routes, the health probes and their schemas."""
+    builder = SchemaBuilder(COMPONENTS_REF_PREFIX, comments)
+    paths: dict[str, dict[str, Any]] = {}
+    tags: dict[str, str] = {}
+    for rule, operation_id in zip(rules, _operation_ids(rules), strict=True):
+        service = rule.method.containing_service
+        tags.setdefault(service.full_name, comments.of(service.full_name))
+        item = paths.setdefault(_openapi_path(rule.path), {})
+        verb = rule.verb.lower()
+        if verb in item:
+            raise ConfigError(
+                f"rpc {rule.method.full_name}: {rule.verb} {rule.path} has the same OpenAPI path "
+                "as another route of that verb"
+            )
+        item[verb] = _operation(rule, operation_id, comments, builder)
+    for path, item in _probes().items():
+        if path in paths:
+            raise ConfigError(f"a route of the contracts takes {path}, the gateway's own probe")
+        paths[path] = item
+    for rule in rules:
+        request = rule.method.input_type
+        if request.full_name in builder.definitions:
+            _describe_task_request(builder, request, routes)
+    status_schema = _status_schema()
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": title, "version": version, "description": _DESCRIPTION},
+        "tags": [
+            *(
+                {"name": name, "description": text} if text else {"name": name}
+                for name, text in tags.items()
+            ),
+            {"name": _OPERATIONS_TAG, "description": "Probes for orchestrators."},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": {**builder.definitions, _STATUS: status_schema},
+            "responses": {
+                name: {
+                    "description": description,
+                    "content": {
+                        "application/json": {"schema": {"$ref": COMPONENTS_REF_PREFIX + _STATUS}}
+                    },
+                }
+                for name, description in ERROR_RESPONSES.values()
+            },
+            "parameters": _HEADER_PARAMETERS,
+        },
+    }
+
+
+def _describe_task_request(builder: SchemaBuilder, request: Descriptor, routes: RouteTable) -> None:
+    """Add to a task request's schema the checks the gateway makes in code, not field rules.
+
+    user_id, idempotency_key and task_type get their limits; user_id, task_type and a typed
+    payload are required; and a generic request (task_type + free-form payload) says, per
+    task type, which payload it takes, so that a schema-valid request is an accepted one.
+    """
+    schema = builder.definitions[request.full_name]
+    properties = schema.get("properties", {})
+    for name, keywords in request_field_schemas(routes.task_types).items():
+        if name in properties:
+            properties[name].update(keywords)
+    payload = request.fields_by_name.get("payload")
+    required = [name for name in ("user_id", "task_type") if name in properties]
+    if payload is not None and payload.message_type is not None:
+        if payload.message_type.full_name != "google.protobuf.Struct":
+            required.append("payload")
+        elif "task_type" in properties:
+            schema["anyOf"] = [_task_variant(builder, route) for route in routes.values()]
+    if required:
+        schema["required"] = sorted({*schema.get("required", ()), *required})
+
+
+def _task_variant(builder: SchemaBuilder, route: Route) -> dict[str, Any]:
+    if route.payload_type is None:  # routed by configuration: forwarded untouched
+        return {"properties": {"task_type": {"const": route.task_type}}}
+    return {
+        "properties": {
+            "task_type": {"const": route.task_type},
+            "payload": builder.reference(cast(Descriptor, route.payload_type.DESCRIPTOR)),
+        },
+        "required": ["payload"],
+    }
+
+
+def _status_schema() -> dict[str, Any]:
+    schema = SchemaBuilder(COMPONENTS_REF_PREFIX).message(status_pb2.Status.DESCRIPTOR)
+    # googleapis ships no source info for google.rpc, so its descriptions are written here.
+    schema["description"] = (
+        "The error answer, as grpc-gateway and Envoy's transcoder write it: the gRPC status "
+        "code, a message naming the cause, and typed details."
+    )
+    properties = schema["properties"]
+    properties["code"]["description"] = "The gRPC status code, e.g. 3 for INVALID_ARGUMENT."
+    properties["message"]["description"] = "What went wrong, for a developer to read."
+    properties["details"]["description"] = (
+        "Typed details, e.g. a google.rpc.BadRequest with one entry per bad field."
+    )
+    return schema
+
+
+def _operation(
+    rule: HttpRule, operation_id: str, comments: Comments, builder: SchemaBuilder
+) -> dict[str, Any]:
+    method = rule.method
+    comment = comments.of(method.full_name)
+    request: Descriptor = method.input_type
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "tags": [method.containing_service.full_name],
+    }
+    if comment:
+        operation["summary"] = _summary(comment)
+        operation["description"] = comment
+    operation["parameters"] = [
+        *(_path_parameter(request, variable, comments) for variable in rule.variables),
+        *({"$ref": f"#/components/parameters/{name}"} for name in _HEADER_PARAMETERS),
+    ]
+    if rule.body:
+        if rule.body == "*":
+            schema = builder.reference(request)
+            description = comments.of(request.full_name)
+        else:
+            schema = builder.field(request.fields_by_name[rule.body])
+            description = schema.pop("description", "")
+        body: dict[str, Any] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+        if description:
+            body["description"] = description
+        operation["requestBody"] = body
+    response: Descriptor = method.output_type
+    operation["responses"] = {
+        "200": {
+            "description": comments.of(response.full_name) or "OK",
+            "content": {"application/json": {"schema": builder.reference(response)}},
+        },
+        **{
+            str(status): {"$ref": f"#/components/responses/{name}"}
+            for status, (name, _) in ERROR_RESPONSES.items()
+        },
+    }
+    return operation
+
+
+def _path_parameter(request: Descriptor, variable: str, comments: Comments) -> dict[str, Any]:
+    parameter: dict[str, Any] = {
+        "name": variable,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    if description := comments.of(_field(request, variable).full_name):
+        parameter["description"] = description
+    return parameter
+
+
+def _field(request: Descriptor, path: str) -> FieldDescriptor:
+    """The field a (dotted) path variable names; http_rules has checked that it exists."""
+    message = request
+    *parents, last = path.split(".")
+    for name in parents:
+        nested = message.fields_by_name[name].message_type
+        assert nested is not None  # http_rules checked every parent is a message
+        message = nested
+    return message.fields_by_name[last]
+
+
+def _operation_ids(rules: Sequence[HttpRule]) -> list[str]:
+    """One unique id per rule: <Service>_<Method>, package-qualified when two services share a
+    name, and numbered (_2, _3, ...) for an RPC's additional bindings."""
+    methods: dict[str, set[str]] = {}
+    for rule in rules:
+        methods.setdefault(_short_id(rule.method), set()).add(rule.method.full_name)
+    ids: list[str] = []
+    taken: set[str] = set()
+    for rule in rules:
+        base = _short_id(rule.method)
+        if len(methods[base]) > 1:
+            base = rule.method.full_name.replace(".", "_")
+        candidate, counter = base, 1
+        while candidate in taken:
+            counter += 1
+            candidate = f"{base}_{counter}"
+        taken.add(candidate)
+        ids.append(candidate)
+    return ids
+
+
+def _short_id(method: MethodDescriptor) -> str:
+    return f"{method.containing_service.name}_{method.name}"
+
+
+def _openapi_path(template: str) -> str:
+    # OpenAPI has no multi-segment variables: "{name=shelves/*}" is documented as "{name}".
+    return re.sub(r"\{([^}=]+)=[^}]*\}", r"{\1}", template)
+
+
+def _summary(comment: str) -> str:
+    """The comment's first sentence, on one line: proto comments wrap mid-sentence."""
+    paragraph = " ".join(comment.split("\n\n", 1)[0].split())
+    end = re.search(r"\.(\s|$)", paragraph)
+    return paragraph[: end.start() + 1] if end else paragraph
+
+
+def _probes() -> dict[str, dict[str, Any]]:
+    def status_object(status: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {"status": {"const": status}, **extra},
+            "required": ["status", *extra],
+        }
+
+    def answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    return {
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "tags": [_OPERATIONS_TAG],
+                "summary": "Liveness: the process is up.",
+                "responses": {"200": answer("The process is alive.", status_object("ok"))},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "tags": [_OPERATIONS_TAG],
+                "summary": "Readiness: the broker is connected and the exchanges are present.",
+                "responses": {
+                    "200": answer("Ready to accept tasks.", status_object("ready")),
+                    "503": answer(
+                        "Not ready: tasks would fail (broker away, an exchange missing, or "
+                        "shutting down); the reason says which.",
+                        status_object("not ready", reason={"type": "string"}),
+                    ),
+                },
+            }
+        },
+    }
