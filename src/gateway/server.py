@@ -165,15 +165,19 @@ class Gateway:
             return f"exchanges missing on the broker: {', '.join(missing)}"
         return None
 
+    async def begin_shutdown(self) -> None:
+        """Refuse new tasks (UNAVAILABLE), report NOT_SERVING and not ready; calls go on."""
+        self._stopping = True
+        # At once, whatever the transports still accept while they stop listening.
+        self.ingestor.close()
+        await self.health.enter_graceful_shutdown()
+
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish, then disconnect."""
         grace = self.settings.grpc.shutdown_grace_seconds if grace is None else grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        self._stopping = True
-        # Refuse new tasks at once, whatever the transports still accept while they stop.
-        self.ingestor.close()
-        await self.health.enter_graceful_shutdown()
+        await self.begin_shutdown()
         stopping = []
         if self.server is not None:
             stopping.append(self.server.stop(grace))
