@@ -51,9 +51,11 @@ $(BUF): package.json
 	npm install --no-audit --no-fund --silent
 	touch $@
 
-build/protodeps: $(INSTALLED)
+build/protodeps: $(INSTALLED) Makefile
 	mkdir -p $@/google/api
 	cp $(GOOGLEAPIS)/google/api/annotations.proto $(GOOGLEAPIS)/google/api/http.proto $@/google/api/
+	mkdir -p $@/google/rpc
+	cp $(GOOGLEAPIS)/google/rpc/status.proto $@/google/rpc/
 
 lint: $(INSTALLED) $(BUF) build/protodeps ## ruff, mypy and buf lint
 	$(PY) -m ruff check src tests

@@ -45,6 +45,9 @@ class GrpcSettings:
     max_request_bytes: int = 1024 * 1024
     # How long in-flight publishes may take to finish on SIGTERM/SIGINT.
     shutdown_grace_seconds: float = 10.0
+    # Tasks of one batch or stream awaiting their confirm at once; a stream is read no
+    # further while its window is full, so a slow broker slows the client down.
+    stream_window: int = 256
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,7 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{key}: {address!r} is not host:port")
     positive = {
         "grpc.max_request_bytes": settings.grpc.max_request_bytes,
+        "grpc.stream_window": settings.grpc.stream_window,
         "broker.heartbeat_seconds": settings.broker.heartbeat_seconds,
         "broker.connect_timeout_seconds": settings.broker.connect_timeout_seconds,
         "broker.reconnect_max_backoff_seconds": settings.broker.reconnect_max_backoff_seconds,

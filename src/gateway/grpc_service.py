@@ -7,19 +7,20 @@ transport-free method, and maps a `GatewayError` to a gRPC status carrying a
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import structlog
-from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import DecodeError, Message
-from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gateway.errors import Code, GatewayError
 from gateway.methods import CallContext, Method, Methods
+from gateway.status import to_status_proto
 
-__all__ = ["generic_handlers", "to_status_proto"]
+__all__ = ["generic_handlers"]
 
 log = structlog.get_logger("gateway.grpc")
 
@@ -29,7 +30,8 @@ def generic_handlers(methods: Methods) -> list[grpc.GenericRpcHandler[Any, Any]]
     by_service: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
     for method in methods.values():
         service = method.descriptor.containing_service.full_name
-        by_service.setdefault(service, {})[method.descriptor.name] = _handler(method)
+        handler = _stream_handler(method) if method.streaming else _handler(method)
+        by_service.setdefault(service, {})[method.descriptor.name] = handler
     return [
         grpc.method_handlers_generic_handler(service, handlers)
         for service, handlers in by_service.items()
@@ -38,20 +40,11 @@ def generic_handlers(methods: Methods) -> list[grpc.GenericRpcHandler[Any, Any]]
 
 def _handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
-        metadata = {
-            key: value
-            for key, value in (context.invocation_metadata() or ())
-            if isinstance(value, str)
-        }
-        call = CallContext(transport="grpc", timeout=context.time_remaining(), metadata=metadata)
-        request_id = metadata.get("x-request-id")
+        call = _call_context(context)
         try:
-            with structlog.contextvars.bound_contextvars(
-                transport="grpc",
-                peer=context.peer(),
-                **({"request_id": request_id} if request_id else {}),
-            ):
-                return await method.handler(_parse(method, raw), call)
+            with _log_context(context, call):
+                response: Message = await method.handler(_parse(method, raw), call)
+                return response
         except GatewayError as error:
             status = rpc_status.to_status(to_status_proto(error))
             await context.abort(status.code, status.details, status.trailing_metadata)
@@ -64,10 +57,45 @@ def _handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
     )
 
 
-def _text(text: str) -> str:
-    """Text a protobuf string can hold: a JSON key or value echoed back from a request may
-    carry lone surrogates, which are shown escaped (\\ud800) instead."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+def _stream_handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
+    async def handle(
+        raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Message]:
+        call = _call_context(context)
+
+        async def requests() -> AsyncIterator[Message]:
+            async for raw in raw_requests:
+                yield _parse(method, raw)
+
+        try:
+            with _log_context(context, call):
+                async for response in method.handler(requests(), call):
+                    yield response
+        except GatewayError as error:
+            status = rpc_status.to_status(to_status_proto(error))
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+    return grpc.stream_stream_rpc_method_handler(
+        handle, response_serializer=lambda response: response.SerializeToString()
+    )
+
+
+def _call_context(context: grpc.aio.ServicerContext[Any, Any]) -> CallContext:
+    metadata = {
+        key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
+    }
+    return CallContext.with_timeout("grpc", context.time_remaining(), metadata)
+
+
+def _log_context(
+    context: grpc.aio.ServicerContext[Any, Any], call: CallContext
+) -> contextlib.AbstractContextManager[Any]:
+    request_id = call.metadata.get("x-request-id")
+    return structlog.contextvars.bound_contextvars(
+        transport="grpc",
+        peer=context.peer(),
+        **({"request_id": request_id} if request_id else {}),
+    )
 
 
 def _parse(method: Method, raw: bytes) -> Message:
@@ -83,22 +111,3 @@ def _parse(method: Method, raw: bytes) -> Message:
             "grpc request rejected", rpc=method.full_name, code=error.code.name, error=error.message
         )
         raise error from None
-
-
-def to_status_proto(error: GatewayError) -> status_pb2.Status:
-    """The google.rpc.Status of an error, with a BadRequest detail naming each bad field."""
-    status = status_pb2.Status(code=int(error.code), message=_text(error.message))
-    if error.violations:
-        detail = AnyProto()
-        detail.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=_text(v.field), description=_text(v.description)
-                    )
-                    for v in error.violations
-                ]
-            )
-        )
-        status.details.append(detail)
-    return status

@@ -24,11 +24,11 @@ from google.protobuf.message import Message
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
-from gateway.grpc_service import to_status_proto
 from gateway.http_rules import HttpRule
 from gateway.http_status import HTTP_STATUS
 from gateway.jsonmapping import parse_json_object
 from gateway.methods import CallContext, Method, Methods
+from gateway.status import to_status_proto
 
 __all__ = ["HttpShim"]
 
@@ -159,9 +159,7 @@ class HttpShim:
         violations = parse_json_object(fields, message)
         if violations:
             raise invalid_argument(violations)
-        context = CallContext(
-            transport="http", timeout=_timeout(request), metadata=_metadata(request)
-        )
+        context = CallContext.with_timeout("http", _timeout(request), _metadata(request))
         return method, message, context
 
     def _route(self, request: web.Request) -> tuple[HttpRule, Method, dict[str, str]]:
@@ -297,8 +295,14 @@ def _timeout(request: web.Request) -> float | None:
 
 
 def _to_json(message: Message) -> bytes:
+    # Fields at their default are written too (grpc-gateway's EmitUnpopulated), so that a
+    # batch result with index 0 still says so and every answer has the same shape.
     body = _integral_floats_as_ints(
-        json_format.MessageToDict(message, preserving_proto_field_name=True)
+        json_format.MessageToDict(
+            message,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
     )
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 

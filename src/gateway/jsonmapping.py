@@ -41,6 +41,10 @@ def parse_json_object(
         json_format.ParseDict(dict(obj), message)
     except json_format.ParseError as exc:
         return [_violation(str(exc).split("\n", 1)[0], prefix)]
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # json_format lets some hostile shapes escape as plain errors (e.g. a non-string
+        # "@type" in an Any); they are still the client's input, not a gateway fault.
+        return [FieldViolation(prefix or "body", f"cannot be parsed: {exc}")]
     return []
 
 

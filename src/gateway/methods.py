@@ -1,25 +1,29 @@
-"""Every RPC the gateway serves, as transport-free functions of (request message, call context).
+"""Every RPC the gateway serves, as transport-free functions of (request, call context).
 
 gRPC and the REST shim both look methods up here and only adapt their own wire format, so
 validation, limits and logging are the same whatever the client spoke. Typed task RPCs are
-found through the route table (read from the contracts), so a new one needs no code here.
+found through the route table (read from the contracts), so a new one needs no code here;
+batches and streams take typed requests as `google.protobuf.Any`, found the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import message_factory, struct_pb2
 from google.protobuf.descriptor import MethodDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from taskgateway.v1 import gateway_pb2
 
 from gateway.contracts import GATEWAY_SERVICE
-from gateway.errors import Code, GatewayError
+from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
 from gateway.ingest import Ingestor, TaskRequest
 from gateway.routing import Route
+from gateway.status import to_status_proto
 
 __all__ = ["CallContext", "Method", "Methods", "struct_to_python"]
 
@@ -29,13 +33,25 @@ class CallContext:
     """What a transport knows about a call, besides its request message."""
 
     transport: str
-    # Seconds left before the caller's deadline; None when it set none.
-    timeout: float | None = None
+    # time.monotonic() at the caller's deadline; None when it set none.
+    deadline: float | None = None
     # Call metadata with lower-case names (traceparent, x-request-id, authorization, ...).
     metadata: Mapping[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def with_timeout(
+        cls, transport: str, timeout: float | None, metadata: Mapping[str, str]
+    ) -> CallContext:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return cls(transport, deadline, metadata)
 
-Handler = Callable[[Any, CallContext], Awaitable[Message]]
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (0 when past it), or None without one."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+
+UnaryHandler = Callable[[Any, CallContext], Awaitable[Message]]
+StreamHandler = Callable[[AsyncIterator[Any], CallContext], AsyncIterator[Message]]
 
 
 @dataclass(frozen=True)
@@ -43,32 +59,45 @@ class Method:
     descriptor: MethodDescriptor
     request_type: type[Message]
     response_type: type[Message]
-    handler: Handler
+    # A UnaryHandler, or a StreamHandler when the method streams both ways.
+    handler: Any
 
     @property
     def full_name(self) -> str:
         """As gRPC names it on the wire: /package.Service/Method."""
         return f"/{self.descriptor.containing_service.full_name}/{self.descriptor.name}"
 
+    @property
+    def streaming(self) -> bool:
+        return bool(self.descriptor.client_streaming)
+
 
 class Methods(Mapping[str, Method]):
     """The gateway's methods by wire name (/images.v1.ImagesService/Generate)."""
 
-    def __init__(self, ingestor: Ingestor, payload_schemas: Mapping[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        payload_schemas: Mapping[str, dict[str, Any]],
+        *,
+        window: int,
+    ) -> None:
         self._ingestor = ingestor
         # JSON Schemas of the task types' payloads, computed once at start-up.
         self._payload_schemas = payload_schemas
-        methods = [
-            _method(route.method, self._typed(route))
-            for route in ingestor.routes.values()
-            if route.method
-        ]
+        # Tasks of one batch or stream awaiting their confirm at once. A stream stops reading
+        # while its window is full, so gRPC flow control slows the client down.
+        self._window = window
+        typed = [(route, route.method) for route in ingestor.routes.values() if route.method]
+        self._typed_by_request = {method.input_type.full_name: route for route, method in typed}
+        methods = [_method(method, self._typed(route)) for route, method in typed]
+        service = GATEWAY_SERVICE.methods_by_name
         methods += [
-            _method(GATEWAY_SERVICE.methods_by_name["Publish"], self._publish),
-            _method(GATEWAY_SERVICE.methods_by_name["ListTaskTypes"], self._list_task_types),
-            _method(
-                GATEWAY_SERVICE.methods_by_name["GetTaskTypeSchema"], self._get_task_type_schema
-            ),
+            _method(service["Publish"], self._publish),
+            _method(service["PublishBatch"], self._publish_batch),
+            _method(service["PublishStream"], self._publish_stream),
+            _method(service["ListTaskTypes"], self._list_task_types),
+            _method(service["GetTaskTypeSchema"], self._get_task_type_schema),
         ]
         self._methods = {method.full_name: method for method in methods}
 
@@ -85,17 +114,14 @@ class Methods(Mapping[str, Method]):
     def service_names(self) -> list[str]:
         return sorted({m.descriptor.containing_service.full_name for m in self._methods.values()})
 
-    def _typed(self, route: Route) -> Handler:
+    # --- one task -------------------------------------------------------------------------
+
+    def _typed(self, route: Route) -> UnaryHandler:
         assert route.method is not None
         response_type = message_factory.GetMessageClass(route.method.output_type)
 
         async def handle(request: Any, context: CallContext) -> Message:
-            task = TaskRequest(
-                user_id=request.user_id,
-                task_type=route.task_type,
-                payload=request.payload if request.HasField("payload") else None,
-                idempotency_key=request.idempotency_key,
-            )
+            task = _typed_task(route, request)
             return response_type(task_key=await self._submit(task, context))
 
         return handle
@@ -103,19 +129,104 @@ class Methods(Mapping[str, Method]):
     async def _publish(
         self, request: gateway_pb2.PublishRequest, context: CallContext
     ) -> gateway_pb2.PublishResponse:
-        task = TaskRequest(
-            user_id=request.user_id,
-            task_type=request.task_type,
-            payload=struct_to_python(request.payload) if request.HasField("payload") else None,
-            idempotency_key=request.idempotency_key,
+        return gateway_pb2.PublishResponse(
+            task_key=await self._submit(_generic_task(request), context)
         )
-        return gateway_pb2.PublishResponse(task_key=await self._submit(task, context))
 
     async def _submit(self, task: TaskRequest, context: CallContext) -> str:
         accepted = await self._ingestor.submit(
-            task, timeout=context.timeout, traceparent=context.metadata.get("traceparent")
+            task, timeout=context.remaining(), traceparent=context.metadata.get("traceparent")
         )
         return accepted.task_key
+
+    # --- many tasks -----------------------------------------------------------------------
+
+    async def _publish_batch(
+        self, request: gateway_pb2.PublishBatchRequest, context: CallContext
+    ) -> gateway_pb2.PublishBatchResponse:
+        window = asyncio.Semaphore(self._window)
+
+        async def settle(index: int, entry: gateway_pb2.TaskEntry) -> gateway_pb2.TaskResult:
+            async with window:
+                return await self._settle(index, entry, context)
+
+        results = await asyncio.gather(
+            *(settle(index, entry) for index, entry in enumerate(request.entries))
+        )
+        return gateway_pb2.PublishBatchResponse(results=results)
+
+    async def _publish_stream(
+        self, requests: AsyncIterator[gateway_pb2.PublishStreamRequest], context: CallContext
+    ) -> AsyncIterator[gateway_pb2.PublishStreamResponse]:
+        """Answer each task as its confirm arrives; read no further while the window is full."""
+        window = asyncio.Semaphore(self._window)
+        results: asyncio.Queue[gateway_pb2.TaskResult | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+        failure: list[BaseException] = []
+
+        async def settle(index: int, entry: gateway_pb2.TaskEntry) -> None:
+            try:
+                results.put_nowait(await self._settle(index, entry, context))
+            finally:
+                window.release()
+
+        async def read() -> None:
+            index = 0
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    task = asyncio.create_task(settle(index, request.entry))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    index += 1
+            except GatewayError as error:  # a request that does not parse ends the stream
+                failure.append(error)
+            await asyncio.gather(*pending)
+            results.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (result := await results.get()) is not None:
+                yield gateway_pb2.PublishStreamResponse(result=result)
+            await reader
+            if failure:
+                raise failure[0]
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()  # the publishes themselves are shielded and run to the end
+
+    async def _settle(
+        self, index: int, entry: gateway_pb2.TaskEntry, context: CallContext
+    ) -> gateway_pb2.TaskResult:
+        try:
+            task_key = await self._submit(self._entry_task(entry), context)
+        except GatewayError as error:
+            return gateway_pb2.TaskResult(index=index, error=to_status_proto(error))
+        return gateway_pb2.TaskResult(index=index, task_key=task_key)
+
+    def _entry_task(self, entry: gateway_pb2.TaskEntry) -> TaskRequest:
+        kind = entry.WhichOneof("task")
+        if kind == "publish":
+            return _generic_task(entry.publish)
+        if kind != "typed":
+            raise invalid_argument([FieldViolation("task", "set publish or typed")])
+        type_name = entry.typed.TypeName()
+        route = self._typed_by_request.get(type_name)
+        if route is None:
+            known = ", ".join(sorted(self._typed_by_request))
+            raise invalid_argument(
+                [FieldViolation("typed", f"{type_name!r} is no typed request; known: {known}")]
+            )
+        assert route.method is not None
+        request_type = message_factory.GetMessageClass(route.method.input_type)
+        try:
+            request = request_type.FromString(entry.typed.value)
+        except DecodeError as exc:
+            raise invalid_argument([FieldViolation("typed", str(exc))]) from None
+        return _typed_task(route, request)
+
+    # --- the catalog ----------------------------------------------------------------------
 
     async def _list_task_types(
         self, request: gateway_pb2.ListTaskTypesRequest, context: CallContext
@@ -135,10 +246,27 @@ class Methods(Mapping[str, Method]):
                 f"unknown task type {request.task_type!r}; known task types: "
                 + ", ".join(routes.task_types),
             )
-        route = routes[request.task_type]
-        response = gateway_pb2.GetTaskTypeSchemaResponse(task_type=route.task_type)
-        response.json_schema.update(self._payload_schemas[route.task_type])
+        response = gateway_pb2.GetTaskTypeSchemaResponse(task_type=request.task_type)
+        response.json_schema.update(self._payload_schemas[request.task_type])
         return response
+
+
+def _typed_task(route: Route, request: Any) -> TaskRequest:
+    return TaskRequest(
+        user_id=request.user_id,
+        task_type=route.task_type,
+        payload=request.payload if request.HasField("payload") else None,
+        idempotency_key=request.idempotency_key,
+    )
+
+
+def _generic_task(request: gateway_pb2.PublishRequest) -> TaskRequest:
+    return TaskRequest(
+        user_id=request.user_id,
+        task_type=request.task_type,
+        payload=struct_to_python(request.payload) if request.HasField("payload") else None,
+        idempotency_key=request.idempotency_key,
+    )
 
 
 def _catalog_entry(route: Route) -> gateway_pb2.TaskType:
@@ -154,7 +282,7 @@ def _catalog_entry(route: Route) -> gateway_pb2.TaskType:
     )
 
 
-def _method(descriptor: MethodDescriptor, handler: Handler) -> Method:
+def _method(descriptor: MethodDescriptor, handler: Any) -> Method:
     return Method(
         descriptor=descriptor,
         request_type=message_factory.GetMessageClass(descriptor.input_type),

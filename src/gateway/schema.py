@@ -78,10 +78,12 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
         "description": 'Seconds with an "s" suffix, e.g. "1.5s".',
     },
     "google.protobuf.FieldMask": {"type": "string"},
+    # "@type" (e.g. "type.googleapis.com/images.v1.GenerateRequest") and the message's fields.
+    # protobuf's JSON mapping reads {} as an empty Any, so "@type" is not required here; the
+    # gateway answers an Any it cannot use with INVALID_ARGUMENT.
     "google.protobuf.Any": {
         "type": "object",
         "properties": {"@type": {"type": "string"}},
-        "required": ["@type"],
     },
 }
 # A wrapper's JSON form is its `value` field's.

@@ -81,7 +81,11 @@ class Gateway:
             max_in_flight=settings.broker.max_in_flight,
         )
         comments = Comments.load()
-        self.methods = Methods(self.ingestor, payload_schemas(self.routes, comments))
+        self.methods = Methods(
+            self.ingestor,
+            payload_schemas(self.routes, comments),
+            window=settings.grpc.stream_window,
+        )
         rules = http_rules(CONTRACT_FILES)
         self.http_shim = HttpShim(
             self.methods,

@@ -32,6 +32,9 @@ class HeldBroker(Broker):
         self.arrived = asyncio.Event()
         self.published: list[Envelope] = []
         self.error = error
+        self.waiting = 0  # publishes held right now
+        self.most_waiting = 0
+        self._changed = asyncio.Condition()
 
     async def start(self) -> None:
         self._set_connected(True)
@@ -46,8 +49,18 @@ class HeldBroker(Broker):
         self.arrived.set()
         if self.error is not None:
             raise self.error
+        async with self._changed:
+            self.waiting += 1
+            self.most_waiting = max(self.most_waiting, self.waiting)
+            self._changed.notify_all()
         await self.release.wait()
+        self.waiting -= 1
         self.published.append(envelope)
+
+    async def until_waiting(self, count: int) -> None:
+        """Return once `count` publishes are held."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.waiting >= count)
 
 
 def memory_broker() -> MemoryBroker:
@@ -168,3 +181,27 @@ async def test_each_request_is_logged_once_without_payload(start_gateway: Any) -
     assert all(e["task_type"] == "images.generate" for e in outcomes)
     assert all(isinstance(e["latency_ms"], float) for e in outcomes)
     assert "very private words" not in repr(outcomes)
+
+
+async def test_stream_stops_reading_while_its_window_is_full(start_gateway: Any) -> None:
+    """With every confirm held, a stream reads no more than grpc.stream_window tasks."""
+    from taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+    broker = HeldBroker()
+    settings = replace_settings(make_settings(), "grpc", stream_window=4)
+    running = await start_gateway(settings, broker)
+    publish = gateway_pb2.PublishRequest(user_id="w", task_type="images.generate")
+    publish.payload.update({"model": "m", "prompt": "p", "image_name": "n"})
+    request = gateway_pb2.PublishStreamRequest(entry=gateway_pb2.TaskEntry(publish=publish))
+    stream = gateway_pb2_grpc.TaskGatewayServiceStub(running.channel).PublishStream()
+    for _ in range(10):
+        await stream.write(request)
+    await stream.done_writing()
+    await broker.until_waiting(4)
+    broker.release.set()
+
+    results = [response.result async for response in stream]
+
+    assert broker.most_waiting == 4, "never more than the window awaited a confirm"
+    assert sorted(r.index for r in results) == list(range(10))
+    assert len(broker.published) == 10

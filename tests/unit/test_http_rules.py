@@ -67,6 +67,11 @@ def test_contracts_declare_every_rest_route() -> None:
 
     assert routes == {
         ("POST", "/api/v1/broker/publish"): ("taskgateway.v1.TaskGatewayService.Publish", "*", ()),
+        ("POST", "/api/v1/broker/publish-batch"): (
+            "taskgateway.v1.TaskGatewayService.PublishBatch",
+            "*",
+            (),
+        ),
         ("GET", "/api/v1/task-types"): ("taskgateway.v1.TaskGatewayService.ListTaskTypes", "", ()),
         ("GET", "/api/v1/task-types/{task_type}/schema"): (
             "taskgateway.v1.TaskGatewayService.GetTaskTypeSchema",

@@ -100,6 +100,10 @@ def test_every_route_is_an_operation_of_its_rpc(document: dict[str, Any]) -> Non
             "TaskGatewayService_Publish",
             ["taskgateway.v1.TaskGatewayService"],
         ),
+        ("POST", "/api/v1/broker/publish-batch"): (
+            "TaskGatewayService_PublishBatch",
+            ["taskgateway.v1.TaskGatewayService"],
+        ),
         ("GET", "/api/v1/task-types"): (
             "TaskGatewayService_ListTaskTypes",
             ["taskgateway.v1.TaskGatewayService"],

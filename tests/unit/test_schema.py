@@ -268,7 +268,7 @@ def test_proto_json_of_a_full_message_validates(node: Descriptor) -> None:
         ({"at": "yesterday"}, False),
         ({"after": "5 minutes"}, False),
         ({"maybe": -1}, False),
-        ({"detail": {"value": 1}}, False),
+        ({"detail": {"@type": 1}}, False),
         ({"url": "u", "leaf": {}}, False),
         ({"url": "u"}, True),
         ({"labels": []}, False),

@@ -23,10 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctaskgateway/v1/gateway.proto\x12\x0etaskgateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\"w\n\x0ePublishRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"#\n\x0fPublishResponse\x12\x10\n\x08task_key\x18\x01 \x01(\t\"\x16\n\x14ListTaskTypesRequest\"g\n\x08TaskType\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12\x13\n\x0brouting_key\x18\x03 \x01(\t\x12\x14\n\x0cservice_name\x18\x04 \x01(\t\x12\x0b\n\x03rpc\x18\x05 \x01(\t\"E\n\x15ListTaskTypesResponse\x12,\n\ntask_types\x18\x01 \x03(\x0b\x32\x18.taskgateway.v1.TaskType\"-\n\x18GetTaskTypeSchemaRequest\x12\x11\n\ttask_type\x18\x01 \x01(\t\"\\\n\x19GetTaskTypeSchemaResponse\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12,\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct2\x97\x03\n\x12TaskGatewayService\x12m\n\x07Publish\x12\x1e.taskgateway.v1.PublishRequest\x1a\x1f.taskgateway.v1.PublishResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/api/v1/broker/publish:\x01*\x12x\n\rListTaskTypes\x12$.taskgateway.v1.ListTaskTypesRequest\x1a%.taskgateway.v1.ListTaskTypesResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/task-types\x12\x97\x01\n\x11GetTaskTypeSchema\x12(.taskgateway.v1.GetTaskTypeSchemaRequest\x1a).taskgateway.v1.GetTaskTypeSchemaResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/api/v1/task-types/{task_type}/schemab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctaskgateway/v1/gateway.proto\x12\x0etaskgateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/protobuf/any.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"w\n\x0ePublishRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"#\n\x0fPublishResponse\x12\x10\n\x08task_key\x18\x01 \x01(\t\"\x16\n\x14ListTaskTypesRequest\"g\n\x08TaskType\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12\x13\n\x0brouting_key\x18\x03 \x01(\t\x12\x14\n\x0cservice_name\x18\x04 \x01(\t\x12\x0b\n\x03rpc\x18\x05 \x01(\t\"E\n\x15ListTaskTypesResponse\x12,\n\ntask_types\x18\x01 \x03(\x0b\x32\x18.taskgateway.v1.TaskType\"-\n\x18GetTaskTypeSchemaRequest\x12\x11\n\ttask_type\x18\x01 \x01(\t\"\\\n\x19GetTaskTypeSchemaResponse\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12,\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"m\n\tTaskEntry\x12\x31\n\x07publish\x18\x01 \x01(\x0b\x32\x1e.taskgateway.v1.PublishRequestH\x00\x12%\n\x05typed\x18\x02 \x01(\x0b\x32\x14.google.protobuf.AnyH\x00\x42\x06\n\x04task\"^\n\nTaskResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x12\n\x08task_key\x18\x02 \x01(\tH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"A\n\x13PublishBatchRequest\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.taskgateway.v1.TaskEntry\"C\n\x14PublishBatchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.taskgateway.v1.TaskResult\"@\n\x14PublishStreamRequest\x12(\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x19.taskgateway.v1.TaskEntry\"C\n\x15PublishStreamResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.taskgateway.v1.TaskResult2\xfe\x04\n\x12TaskGatewayService\x12m\n\x07Publish\x12\x1e.taskgateway.v1.PublishRequest\x1a\x1f.taskgateway.v1.PublishResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/api/v1/broker/publish:\x01*\x12\x82\x01\n\x0cPublishBatch\x12#.taskgateway.v1.PublishBatchRequest\x1a$.taskgateway.v1.PublishBatchResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/broker/publish-batch:\x01*\x12`\n\rPublishStream\x12$.taskgateway.v1.PublishStreamRequest\x1a%.taskgateway.v1.PublishStreamResponse(\x01\x30\x01\x12x\n\rListTaskTypes\x12$.taskgateway.v1.ListTaskTypesRequest\x1a%.taskgateway.v1.ListTaskTypesResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/task-types\x12\x97\x01\n\x11GetTaskTypeSchema\x12(.taskgateway.v1.GetTaskTypeSchemaRequest\x1a).taskgateway.v1.GetTaskTypeSchemaResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/api/v1/task-types/{task_type}/schemab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +37,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKGATEWAYSERVICE'].methods_by_name['Publish']._loaded_options = None
   _globals['_TASKGATEWAYSERVICE'].methods_by_name['Publish']._serialized_options = b'\202\323\344\223\002\033\"\026/api/v1/broker/publish:\001*'
+  _globals['_TASKGATEWAYSERVICE'].methods_by_name['PublishBatch']._loaded_options = None
+  _globals['_TASKGATEWAYSERVICE'].methods_by_name['PublishBatch']._serialized_options = b'\202\323\344\223\002!\"\034/api/v1/broker/publish-batch:\001*'
   _globals['_TASKGATEWAYSERVICE'].methods_by_name['ListTaskTypes']._loaded_options = None
   _globals['_TASKGATEWAYSERVICE'].methods_by_name['ListTaskTypes']._serialized_options = b'\202\323\344\223\002\024\022\022/api/v1/task-types'
   _globals['_TASKGATEWAYSERVICE'].methods_by_name['GetTaskTypeSchema']._loaded_options = None
   _globals['_TASKGATEWAYSERVICE'].methods_by_name['GetTaskTypeSchema']._serialized_options = b'\202\323\344\223\002\'\022%/api/v1/task-types/{task_type}/schema'
-  _globals['_PUBLISHREQUEST']._serialized_start=108
-  _globals['_PUBLISHREQUEST']._serialized_end=227
-  _globals['_PUBLISHRESPONSE']._serialized_start=229
-  _globals['_PUBLISHRESPONSE']._serialized_end=264
-  _globals['_LISTTASKTYPESREQUEST']._serialized_start=266
-  _globals['_LISTTASKTYPESREQUEST']._serialized_end=288
-  _globals['_TASKTYPE']._serialized_start=290
-  _globals['_TASKTYPE']._serialized_end=393
-  _globals['_LISTTASKTYPESRESPONSE']._serialized_start=395
-  _globals['_LISTTASKTYPESRESPONSE']._serialized_end=464
-  _globals['_GETTASKTYPESCHEMAREQUEST']._serialized_start=466
-  _globals['_GETTASKTYPESCHEMAREQUEST']._serialized_end=511
-  _globals['_GETTASKTYPESCHEMARESPONSE']._serialized_start=513
-  _globals['_GETTASKTYPESCHEMARESPONSE']._serialized_end=605
-  _globals['_TASKGATEWAYSERVICE']._serialized_start=608
-  _globals['_TASKGATEWAYSERVICE']._serialized_end=1015
+  _globals['_PUBLISHREQUEST']._serialized_start=160
+  _globals['_PUBLISHREQUEST']._serialized_end=279
+  _globals['_PUBLISHRESPONSE']._serialized_start=281
+  _globals['_PUBLISHRESPONSE']._serialized_end=316
+  _globals['_LISTTASKTYPESREQUEST']._serialized_start=318
+  _globals['_LISTTASKTYPESREQUEST']._serialized_end=340
+  _globals['_TASKTYPE']._serialized_start=342
+  _globals['_TASKTYPE']._serialized_end=445
+  _globals['_LISTTASKTYPESRESPONSE']._serialized_start=447
+  _globals['_LISTTASKTYPESRESPONSE']._serialized_end=516
+  _globals['_GETTASKTYPESCHEMAREQUEST']._serialized_start=518
+  _globals['_GETTASKTYPESCHEMAREQUEST']._serialized_end=563
+  _globals['_GETTASKTYPESCHEMARESPONSE']._serialized_start=565
+  _globals['_GETTASKTYPESCHEMARESPONSE']._serialized_end=657
+  _globals['_TASKENTRY']._serialized_start=659
+  _globals['_TASKENTRY']._serialized_end=768
+  _globals['_TASKRESULT']._serialized_start=770
+  _globals['_TASKRESULT']._serialized_end=864
+  _globals['_PUBLISHBATCHREQUEST']._serialized_start=866
+  _globals['_PUBLISHBATCHREQUEST']._serialized_end=931
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=933
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=1000
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_start=1002
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_end=1066
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_start=1068
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_end=1135
+  _globals['_TASKGATEWAYSERVICE']._serialized_start=1138
+  _globals['_TASKGATEWAYSERVICE']._serialized_end=1776
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,7 @@
 from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -63,3 +65,45 @@ class GetTaskTypeSchemaResponse(_message.Message):
     task_type: str
     json_schema: _struct_pb2.Struct
     def __init__(self, task_type: _Optional[str] = ..., json_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class TaskEntry(_message.Message):
+    __slots__ = ("publish", "typed")
+    PUBLISH_FIELD_NUMBER: _ClassVar[int]
+    TYPED_FIELD_NUMBER: _ClassVar[int]
+    publish: PublishRequest
+    typed: _any_pb2.Any
+    def __init__(self, publish: _Optional[_Union[PublishRequest, _Mapping]] = ..., typed: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
+
+class TaskResult(_message.Message):
+    __slots__ = ("index", "task_key", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    task_key: str
+    error: _status_pb2.Status
+    def __init__(self, index: _Optional[int] = ..., task_key: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class PublishBatchRequest(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[TaskEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[TaskEntry, _Mapping]]] = ...) -> None: ...
+
+class PublishBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TaskResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
+
+class PublishStreamRequest(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: TaskEntry
+    def __init__(self, entry: _Optional[_Union[TaskEntry, _Mapping]] = ...) -> None: ...
+
+class PublishStreamResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: TaskResult
+    def __init__(self, result: _Optional[_Union[TaskResult, _Mapping]] = ...) -> None: ...

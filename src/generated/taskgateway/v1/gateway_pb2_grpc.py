@@ -41,6 +41,16 @@ class TaskGatewayServiceStub:
                 request_serializer=taskgateway_dot_v1_dot_gateway__pb2.PublishRequest.SerializeToString,
                 response_deserializer=taskgateway_dot_v1_dot_gateway__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.PublishBatch = channel.unary_unary(
+                '/taskgateway.v1.TaskGatewayService/PublishBatch',
+                request_serializer=taskgateway_dot_v1_dot_gateway__pb2.PublishBatchRequest.SerializeToString,
+                response_deserializer=taskgateway_dot_v1_dot_gateway__pb2.PublishBatchResponse.FromString,
+                _registered_method=True)
+        self.PublishStream = channel.stream_stream(
+                '/taskgateway.v1.TaskGatewayService/PublishStream',
+                request_serializer=taskgateway_dot_v1_dot_gateway__pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=taskgateway_dot_v1_dot_gateway__pb2.PublishStreamResponse.FromString,
+                _registered_method=True)
         self.ListTaskTypes = channel.unary_unary(
                 '/taskgateway.v1.TaskGatewayService/ListTaskTypes',
                 request_serializer=taskgateway_dot_v1_dot_gateway__pb2.ListTaskTypesRequest.SerializeToString,
@@ -68,6 +78,25 @@ class TaskGatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishBatch(self, request, context):
+        """Publishes many tasks, typed or generic, and answers for each entry with its
+        task key or its error once every entry is settled. One bad entry does not
+        fail the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishStream(self, request_iterator, context):
+        """Publishes a continuous stream of tasks. Each answer carries the index of its
+        request in the stream (0, 1, ...) and comes as soon as the broker confirmed
+        that task, so answers may come out of order. A slow broker slows the stream:
+        the gateway stops reading while a window of tasks awaits confirms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTaskTypes(self, request, context):
         """Lists the task types the gateway routes, with where each is published.
         """
@@ -89,6 +118,16 @@ def add_TaskGatewayServiceServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=taskgateway_dot_v1_dot_gateway__pb2.PublishRequest.FromString,
                     response_serializer=taskgateway_dot_v1_dot_gateway__pb2.PublishResponse.SerializeToString,
+            ),
+            'PublishBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishBatch,
+                    request_deserializer=taskgateway_dot_v1_dot_gateway__pb2.PublishBatchRequest.FromString,
+                    response_serializer=taskgateway_dot_v1_dot_gateway__pb2.PublishBatchResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishStream,
+                    request_deserializer=taskgateway_dot_v1_dot_gateway__pb2.PublishStreamRequest.FromString,
+                    response_serializer=taskgateway_dot_v1_dot_gateway__pb2.PublishStreamResponse.SerializeToString,
             ),
             'ListTaskTypes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTaskTypes,
@@ -130,6 +169,60 @@ class TaskGatewayService:
             '/taskgateway.v1.TaskGatewayService/Publish',
             taskgateway_dot_v1_dot_gateway__pb2.PublishRequest.SerializeToString,
             taskgateway_dot_v1_dot_gateway__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taskgateway.v1.TaskGatewayService/PublishBatch',
+            taskgateway_dot_v1_dot_gateway__pb2.PublishBatchRequest.SerializeToString,
+            taskgateway_dot_v1_dot_gateway__pb2.PublishBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/taskgateway.v1.TaskGatewayService/PublishStream',
+            taskgateway_dot_v1_dot_gateway__pb2.PublishStreamRequest.SerializeToString,
+            taskgateway_dot_v1_dot_gateway__pb2.PublishStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

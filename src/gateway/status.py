@@ -1,0 +1,35 @@
+"""A GatewayError as a google.rpc.Status: the error body of both transports and of batches."""
+
+from __future__ import annotations
+
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.rpc import error_details_pb2, status_pb2
+
+from gateway.errors import GatewayError
+
+__all__ = ["to_status_proto"]
+
+
+def to_status_proto(error: GatewayError) -> status_pb2.Status:
+    """The google.rpc.Status of an error, with a BadRequest detail naming each bad field."""
+    status = status_pb2.Status(code=int(error.code), message=_text(error.message))
+    if error.violations:
+        detail = AnyProto()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=_text(v.field), description=_text(v.description)
+                    )
+                    for v in error.violations
+                ]
+            )
+        )
+        status.details.append(detail)
+    return status
+
+
+def _text(text: str) -> str:
+    """Text a protobuf string can hold: a JSON key or value echoed back from a request may
+    carry lone surrogates, which are shown escaped (\\\\ud800) instead."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
