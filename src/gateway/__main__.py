@@ -1,9 +1,9 @@
-"""`python -m gateway [--config PATH]`: load settings, set up logging, serve until signalled."""
+"""`python -m gateway [--config PATH] [--workers N]`: load settings, serve until signalled."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -11,8 +11,11 @@ import structlog
 
 from gateway.config import load_settings
 from gateway.errors import ConfigError
-from gateway.log import configure_logging
-from gateway.server import Gateway
+from gateway.log import configure_logging_for
+from gateway.server import serve, serve_worker
+from gateway.workers import default_workers, run_workers
+
+log = structlog.get_logger("gateway")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,40 +25,41 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="TOML settings file (default: config/<run_mode>.toml when it exists)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="gateway processes sharing the ports (default: the `workers` setting; 0: one per CPU)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
-        configure_logging(
-            json=settings.log.format == "json"
-            or (settings.log.format == "auto" and settings.run_mode == "production"),
-            level=settings.log.level,
-        )
-        gateway = Gateway(settings)
+        if args.workers is not None:
+            if args.workers < 0:
+                raise ConfigError(f"--workers: must be 0 or more, got {args.workers}")
+            settings = dataclasses.replace(settings, workers=args.workers)
+        configure_logging_for(settings)
+        workers = settings.workers or default_workers()
+        if not settings.broker_urls:
+            log.warning(
+                "NO RABBITMQ CONFIGURED: publishing to the in-memory broker. Messages are only "
+                "logged here and are lost on exit; set TASK_GATEWAY__BROKER__ADDRESS=amqp://... "
+                "to publish to RabbitMQ",
+                definitions=settings.broker.definitions,
+            )
+            workers = 1  # several in-memory brokers would each hold a part of the messages
+        if workers == 1:
+            serve(settings)
+            return 0
+        for key, address in (
+            ("grpc.address", settings.grpc.address),
+            ("server.address", settings.server.address),
+        ):
+            if address.endswith(":0"):
+                raise ConfigError(f"{key}: workers share one port; {address} asks each for its own")
     except ConfigError as exc:
         print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    if not settings.broker_urls:
-        structlog.get_logger("gateway").warning(
-            "NO RABBITMQ CONFIGURED: publishing to the in-memory broker. Messages are only "
-            "logged here and are lost on exit; set TASK_GATEWAY__BROKER__ADDRESS=amqp://... "
-            "to publish to RabbitMQ",
-            definitions=settings.broker.definitions,
-        )
-    try:
-        _run(gateway)
-    except ConfigError as exc:
-        print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _run(gateway: Gateway) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        asyncio.run(gateway.serve())
-    else:
-        uvloop.run(gateway.serve())
+    return run_workers(settings, workers, serve_worker)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ class RouteSettings:
 @dataclass(frozen=True)
 class Settings:
     run_mode: str = "development"
+    # Gateway processes sharing the ports (SO_REUSEPORT); 0: one per CPU.
+    workers: int = 0
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
     server: HttpSettings = field(default_factory=HttpSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
@@ -270,6 +272,8 @@ def _check(settings: Settings) -> None:
     for key, number in positive.items():
         if not number > 0:  # also refuses NaN
             raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    if settings.workers < 0:
+        raise ConfigError(f"workers: must be 0 (one per CPU) or more, got {settings.workers}")
     if settings.grpc.shutdown_grace_seconds < 0:
         raise ConfigError("grpc.shutdown_grace_seconds: must not be negative")
     for url in settings.broker_urls:

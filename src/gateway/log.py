@@ -7,7 +7,9 @@ import sys
 
 import structlog
 
-__all__ = ["configure_logging"]
+from gateway.config import Settings
+
+__all__ = ["configure_logging", "configure_logging_for"]
 
 
 def configure_logging(*, json: bool, level: str = "info") -> None:
@@ -17,6 +19,10 @@ def configure_logging(*, json: bool, level: str = "info") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # The pid tells worker processes apart (several share the ports).
+        structlog.processors.CallsiteParameterAdder(
+            [structlog.processors.CallsiteParameter.PROCESS]
+        ),
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
@@ -50,4 +56,13 @@ def configure_logging(*, json: bool, level: str = "info") -> None:
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
+    )
+
+
+def configure_logging_for(settings: Settings) -> None:
+    """JSON when asked, or by default in production; the console otherwise."""
+    configure_logging(
+        json=settings.log.format == "json"
+        or (settings.log.format == "auto" and settings.run_mode == "production"),
+        level=settings.log.level,
     )

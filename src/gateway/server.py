@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,13 @@ from gateway.grpc_service import generic_handlers
 from gateway.http_rules import http_rules
 from gateway.http_shim import HttpShim
 from gateway.ingest import Ingestor
+from gateway.log import configure_logging_for
 from gateway.methods import Methods
 from gateway.openapi import openapi_document
 from gateway.routing import RouteTable, build_route_table
 from gateway.schema import message_schema
 
-__all__ = ["Gateway", "make_broker"]
+__all__ = ["Gateway", "make_broker", "serve", "serve_worker"]
 
 log = structlog.get_logger("gateway.server")
 
@@ -69,8 +71,12 @@ def payload_schemas(routes: RouteTable, comments: Comments) -> dict[str, dict[st
 class Gateway:
     """One gateway process: its broker, its gRPC server, its REST shim and their lifecycle."""
 
-    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+    def __init__(
+        self, settings: Settings, broker: Broker | None = None, *, reuse_port: bool = False
+    ) -> None:
         self.settings = settings
+        # Set when several worker processes share the ports.
+        self.reuse_port = reuse_port
         self.routes = build_route_table(CONTRACT_FILES, settings.routes)
         self.broker = broker if broker is not None else make_broker(settings)
         self.ingestor = Ingestor(
@@ -108,7 +114,7 @@ class Gateway:
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.settings.grpc.max_request_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(self.reuse_port)),
             ]
         )
         self.server.add_generic_rpc_handlers(generic_handlers(self.methods))
@@ -142,7 +148,9 @@ class Gateway:
             shutdown_timeout=self.settings.grpc.shutdown_grace_seconds,
         )
         await self.http_runner.setup()
-        site = web.TCPSite(self.http_runner, host.strip("[]"), int(port))
+        site = web.TCPSite(
+            self.http_runner, host.strip("[]"), int(port), reuse_port=self.reuse_port or None
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -222,3 +230,24 @@ class Gateway:
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for service in ("", *self.methods.service_names):
             await self.health.set(service, status)
+
+
+def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Run one gateway in this process until SIGTERM or SIGINT (on uvloop where there is one)."""
+    gateway = Gateway(settings, reuse_port=reuse_port)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(gateway.serve())
+    else:
+        uvloop.run(gateway.serve())
+
+
+def serve_worker(settings: Settings) -> None:
+    """A worker process of several sharing the ports (spawned: it gets only the settings)."""
+    configure_logging_for(settings)
+    try:
+        serve(settings, reuse_port=True)
+    except ConfigError as exc:
+        print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)

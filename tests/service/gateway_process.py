@@ -19,11 +19,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def start_gateway_process(env: dict[str, str]) -> asyncio.subprocess.Process:
+async def start_gateway_process(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gateway",
+        *args,
         cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("TASK_GATEWAY__")} | env,
         stdout=asyncio.subprocess.PIPE,
