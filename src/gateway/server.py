@@ -42,6 +42,9 @@ log = structlog.get_logger("gateway.server")
 
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
+# Time left, once every publish has settled, for handlers to write their answers.
+_ANSWER_GRACE_SECONDS = 1.0
+
 
 def make_broker(settings: Settings) -> Broker:
     """RabbitMQ when an address is configured, otherwise the in-memory broker."""
@@ -145,7 +148,7 @@ class Gateway:
         self.http_runner = web.AppRunner(
             self.http_shim.application(),
             access_log=None,  # every request is logged once, by the gateway itself
-            shutdown_timeout=self.settings.grpc.shutdown_grace_seconds,
+            shutdown_timeout=_ANSWER_GRACE_SECONDS,
         )
         await self.http_runner.setup()
         site = web.TCPSite(
@@ -190,16 +193,21 @@ class Gateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         await self.begin_shutdown()
-        stopping = []
-        if self.server is not None:
-            stopping.append(self.server.stop(grace))
-        if self.http_runner is not None:
-            stopping.append(self.http_runner.cleanup())
-        await asyncio.gather(*stopping)
-        # Publishes whose callers already gave up (deadline) may still be waiting for a confirm.
+        # The publishes in flight settle first, while the listeners stay open and answer new
+        # calls UNAVAILABLE: grpc's own shutdown would CANCEL the calls it had not handed over
+        # yet (clients do not retry those), and an open Health/Watch stream would hold
+        # server.stop() for the whole grace period.
         unfinished = await self.ingestor.drain(max(0.0, deadline - loop.time()))
         if unfinished:
             log.warning("publishes still unconfirmed at shutdown", count=unfinished)
+        # Then stop listening, leaving the settled calls a moment to send their answers.
+        answer_grace = min(_ANSWER_GRACE_SECONDS, max(0.0, deadline - loop.time()))
+        stopping = []
+        if self.server is not None:
+            stopping.append(self.server.stop(answer_grace))
+        if self.http_runner is not None:
+            stopping.append(self.http_runner.cleanup())
+        await asyncio.gather(*stopping)
         await self.broker.close()
         await asyncio.gather(*self._health_updates, return_exceptions=True)
         log.info("task gateway stopped")

@@ -56,12 +56,16 @@ def redact(url: str) -> str:
     return str(parsed.with_password("***")) if parsed.password else url
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Lane:
     """An exchange's own connection and confirm channel."""
 
     connection: AbstractConnection
     channel: aiormq.abc.AbstractChannel
+    # Publishes written or about to be written on the channel and not yet settled.
+    publishing: int = 0
+    # How many were in flight when the broker closed the channel for a missing exchange.
+    in_flight_at_close: int | None = None
 
     @property
     def usable(self) -> bool:
@@ -143,6 +147,7 @@ class RabbitBroker(Broker):
             app_id=envelope.app_id,
             headers=dict(envelope.headers),
         ).properties
+        lane.publishing += 1
         try:
             await lane.channel.basic_publish(
                 envelope.body,
@@ -163,15 +168,34 @@ class RabbitBroker(Broker):
             if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) or isinstance(
                 _close_reason(lane.channel), aiormq.exceptions.ChannelNotFoundEntity
             ):
-                # The broker closed the lane's channel because the exchange is gone; whatever
-                # was still sent on it was discarded, so the outcome is known.
-                self._checked.discard(envelope.exchange)
-                raise exchange_not_found(envelope.exchange, envelope.routing_key) from None
+                raise self._exchange_gone(lane, envelope) from None
             raise GatewayError(
                 Code.UNAVAILABLE,
                 f"lost the channel to RabbitMQ before the confirm ({type(exc).__name__}): the "
                 "outcome is unknown; retry with the same idempotency_key to avoid a duplicate",
             ) from None
+        finally:
+            lane.publishing -= 1
+
+    def _exchange_gone(self, lane: _Lane, envelope: Envelope) -> GatewayError:
+        """The error for a publish on a channel the broker closed for a missing exchange.
+
+        The broker closes the channel at the first publish to the missing exchange; publishes
+        sent before it may have been stored, and their confirms are lost with the channel. So
+        only a publish that was alone in flight is known not to be stored. Every publish in
+        flight fails at once, before any of them settles: the first to get here counts them.
+        """
+        self._checked.discard(envelope.exchange)  # the next publish checks again, and fails fast
+        if lane.in_flight_at_close is None:
+            lane.in_flight_at_close = lane.publishing
+        if lane.in_flight_at_close == 1:
+            return exchange_not_found(envelope.exchange, envelope.routing_key)
+        return GatewayError(
+            Code.UNAVAILABLE,
+            f"exchange {envelope.exchange!r} (routing key {envelope.routing_key!r}) was deleted "
+            "while this task was in flight: the outcome is unknown; retry with the same "
+            "idempotency_key (while the exchange is missing the retry gets FAILED_PRECONDITION)",
+        )
 
     def _control(self) -> AbstractConnection:
         """The control connection, or UNAVAILABLE while there is none."""
