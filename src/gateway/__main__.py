@@ -15,7 +15,7 @@ from gateway.log import configure_logging_for
 from gateway.server import serve, serve_worker
 from gateway.workers import default_workers, run_workers
 
-log = structlog.get_logger("gateway")
+log = structlog.get_logger(logger_name="gateway")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from gateway.status import to_status_proto
 
 __all__ = ["generic_handlers"]
 
-log = structlog.get_logger("gateway.grpc")
+log = structlog.get_logger(logger_name="gateway.grpc")
 
 
 def generic_handlers(methods: Methods) -> list[grpc.GenericRpcHandler[Any, Any]]:

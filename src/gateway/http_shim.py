@@ -32,7 +32,7 @@ from gateway.status import to_status_proto
 
 __all__ = ["HttpShim"]
 
-log = structlog.get_logger("gateway.http")
+log = structlog.get_logger(logger_name="gateway.http")
 
 # Returns None when ready, else why not.
 Readiness = Callable[[], Awaitable[str | None]]

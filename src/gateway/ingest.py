@@ -25,7 +25,7 @@ from gateway.routing import Route, RouteTable
 
 __all__ = ["Accepted", "Ingestor", "TaskRequest"]
 
-log = structlog.get_logger("gateway.ingest")
+log = structlog.get_logger(logger_name="gateway.ingest")
 
 # Task types as clients sent them are logged; keep a hostile one from flooding the log.
 _LOGGED_TASK_TYPE_LENGTH = 128

@@ -38,7 +38,7 @@ from gateway.schema import message_schema
 
 __all__ = ["Gateway", "make_broker", "serve", "serve_worker"]
 
-log = structlog.get_logger("gateway.server")
+log = structlog.get_logger(logger_name="gateway.server")
 
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 

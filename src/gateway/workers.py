@@ -23,7 +23,7 @@ from gateway.config import Settings
 
 __all__ = ["default_workers", "run_workers"]
 
-log = structlog.get_logger("gateway.workers")
+log = structlog.get_logger(logger_name="gateway.workers")
 
 
 def default_workers() -> int:

@@ -24,7 +24,7 @@ from gateway.errors import Code, ConfigError, GatewayError, exchange_not_found, 
 
 __all__ = ["Definitions", "MemoryBroker"]
 
-log = structlog.get_logger("gateway.broker.memory")
+log = structlog.get_logger(logger_name="gateway.broker.memory")
 
 _EXCHANGE_TYPES = frozenset({"direct", "fanout", "topic"})
 

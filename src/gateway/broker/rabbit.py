@@ -35,7 +35,7 @@ from gateway.errors import Code, GatewayError, exchange_not_found, unroutable
 
 __all__ = ["RabbitBroker", "redact"]
 
-log = structlog.get_logger("gateway.broker.rabbit")
+log = structlog.get_logger(logger_name="gateway.broker.rabbit")
 
 _FIRST_BACKOFF_SECONDS = 0.1
 
