@@ -7,7 +7,7 @@ BUF := node_modules/.bin/buf
 PROTOS := $(shell find proto -name '*.proto' | sort)
 GENERATED_PACKAGES := images videos taskgateway
 
-.PHONY: run test test-unit generate generate-check lint fmt clean
+.PHONY: run test test-unit test-faults soak generate generate-check lint fmt clean
 
 run: $(INSTALLED) ## Run the gateway (in-memory broker unless TASK_GATEWAY__BROKER__ADDRESS is set)
 	$(PY) -m gateway
@@ -17,6 +17,12 @@ test: $(INSTALLED) ## Run every test; broker tests need the RabbitMQ at 127.0.0.
 
 test-unit: $(INSTALLED) ## Tests that need no broker
 	$(PY) -m pytest tests/unit tests/service
+
+test-faults: $(INSTALLED) ## Fault injection on private RabbitMQ nodes (part of `test`; ~1.5 min)
+	$(PY) -m pytest tests/faults -rA
+
+soak: $(INSTALLED) ## Minutes of load with RabbitMQ faults at random moments; lost must be 0
+	$(PY) -m tests.faults.soak
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
