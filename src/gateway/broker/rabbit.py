@@ -155,6 +155,10 @@ class RabbitBroker(Broker):
                 routing_key=envelope.routing_key,
                 properties=properties,
                 mandatory=True,
+                # Do not hold aiormq's channel lock until the frame is flushed to the socket:
+                # that serialises every publish of the lane behind one event-loop turn each.
+                # The confirm is awaited all the same.
+                wait=False,
             )
         except aiormq.exceptions.PublishError:
             raise unroutable(envelope.exchange, envelope.routing_key) from None
