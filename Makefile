@@ -7,7 +7,7 @@ BUF := node_modules/.bin/buf
 PROTOS := $(shell find proto -name '*.proto' | sort)
 GENERATED_PACKAGES := images videos taskgateway
 
-.PHONY: run test test-unit test-faults soak generate generate-check lint fmt clean
+.PHONY: run test test-unit test-faults soak bench generate generate-check lint fmt clean
 
 run: $(INSTALLED) ## Run the gateway (in-memory broker unless TASK_GATEWAY__BROKER__ADDRESS is set)
 	$(PY) -m gateway
@@ -23,6 +23,14 @@ test-faults: $(INSTALLED) ## Fault injection on private RabbitMQ nodes (part of 
 
 soak: $(INSTALLED) ## Minutes of load with RabbitMQ faults at random moments; lost must be 0
 	$(PY) -m tests.faults.soak
+
+# `make bench`: one run, one table (bench/README.md). Needs RabbitMQ on 127.0.0.1:5672 and
+# rabbitmqctl; installs h2load/wrk (apt, when root) and build/bench-venv (fastapi, uvicorn).
+BENCH_ARGS ?=
+bench: $(INSTALLED) ## Benchmark: raw aio-pika vs the gateway's gRPC, REST, batch, stream vs the baselines
+	sh bench/install-tools.sh
+	$(PY) -m bench.setup_baselines build/bench-venv
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,8 +72,8 @@ build/protodeps: $(INSTALLED) Makefile
 	cp $(GOOGLEAPIS)/google/rpc/status.proto $@/google/rpc/
 
 lint: $(INSTALLED) $(BUF) build/protodeps ## ruff, mypy and buf lint
-	$(PY) -m ruff check src tests
-	$(PY) -m ruff format --check src tests
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
 	$(PY) -m mypy
 	$(BUF) lint
 

@@ -1,0 +1,1 @@
+"""`make bench`: one run, one table (see bench/README.md)."""
