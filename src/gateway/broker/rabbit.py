@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aio_pika
 import aiormq
@@ -61,7 +61,9 @@ class _Lane:
     """An exchange's own connection and confirm channel."""
 
     connection: AbstractConnection
-    channel: aiormq.abc.AbstractChannel
+    # aiormq's own channel: aio-pika's wrapper has no way to publish without waiting for the
+    # frame to be flushed (see publish).
+    channel: aiormq.Channel
     # Publishes written or about to be written on the channel and not yet settled.
     publishing: int = 0
     # How many were in flight when the broker closed the channel for a missing exchange.
@@ -324,7 +326,7 @@ class RabbitBroker(Broker):
         connection = await self._connect(self._url, f"publisher {exchange}")
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            return _Lane(connection, await channel.get_underlay_channel())
+            return _Lane(connection, cast(aiormq.Channel, await channel.get_underlay_channel()))
         except BaseException:
             await connection.close()
             raise
