@@ -12,7 +12,6 @@ import structlog
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 from gateway.log import configure_logging_for
-from gateway.server import serve, serve_worker
 from gateway.workers import default_workers, run_workers
 
 log = structlog.get_logger(logger_name="gateway")
@@ -48,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             workers = 1  # several in-memory brokers would each hold a part of the messages
         if workers == 1:
+            # Imported here: a parent of several workers never loads grpc, aiohttp or aio-pika,
+            # which keeps it at a fraction of a worker's memory.
+            from gateway.server import serve
+
             serve(settings)
             return 0
         for key, address in (
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    return run_workers(settings, workers, serve_worker)
+    return run_workers(settings, workers)
 
 
 if __name__ == "__main__":

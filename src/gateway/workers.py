@@ -11,7 +11,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -31,11 +30,11 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def run_workers(settings: Settings, count: int, serve: Callable[[Settings], None]) -> int:
-    """Run `serve(settings)` in `count` processes; return the exit code for the parent."""
+def run_workers(settings: Settings, count: int) -> int:
+    """Run a gateway in each of `count` processes; return the exit code for the parent."""
     context = multiprocessing.get_context("spawn")
     processes: list[BaseProcess] = [
-        context.Process(target=serve, args=(settings,), name=f"gateway-worker-{index}")
+        context.Process(target=_serve_worker, args=(settings,), name=f"gateway-worker-{index}")
         for index in range(count)
     ]
     stopping = False
@@ -70,3 +69,10 @@ def run_workers(settings: Settings, count: int, serve: Callable[[Settings], None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _serve_worker(settings: Settings) -> None:
+    """A worker's entry point; it imports the server itself, so the parent never does."""
+    from gateway.server import serve_worker
+
+    serve_worker(settings)
