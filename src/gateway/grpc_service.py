@@ -46,8 +46,7 @@ def _handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
                 response: Message = await method.handler(_parse(method, raw), call)
                 return response
         except GatewayError as error:
-            status = rpc_status.to_status(to_status_proto(error))
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await _abort(context, error)
             raise  # pragma: no cover - abort raises
 
     # Requests are parsed in the handler, not by grpc's deserializer hook: a message that
@@ -72,12 +71,17 @@ def _stream_handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
                 async for response in method.handler(requests(), call):
                     yield response
         except GatewayError as error:
-            status = rpc_status.to_status(to_status_proto(error))
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await _abort(context, error)
 
     return grpc.stream_stream_rpc_method_handler(
         handle, response_serializer=lambda response: response.SerializeToString()
     )
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: GatewayError) -> None:
+    """End the call with the error's code, message and google.rpc.Status details."""
+    status = rpc_status.to_status(to_status_proto(error))
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _call_context(context: grpc.aio.ServicerContext[Any, Any]) -> CallContext:
