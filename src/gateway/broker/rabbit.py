@@ -139,16 +139,17 @@ class RabbitBroker(Broker):
                 Code.RESOURCE_EXHAUSTED,
                 "RabbitMQ is blocking publishers (a memory or disk alarm); retry later",
             )
-        properties = aio_pika.Message(
-            b"",
+        # The frame's properties, built directly: an aio_pika.Message per request would only
+        # be a detour to the same object.
+        properties = aiormq.spec.Basic.Properties(
             content_type=envelope.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
             message_id=envelope.message_id,
-            type=envelope.type,
+            message_type=envelope.type,
             timestamp=envelope.timestamp,
             app_id=envelope.app_id,
             headers=dict(envelope.headers),
-        ).properties
+        )
         lane.publishing += 1
         try:
             await lane.channel.basic_publish(
