@@ -239,13 +239,10 @@ class Methods(Mapping[str, Method]):
     async def _get_task_type_schema(
         self, request: gateway_pb2.GetTaskTypeSchemaRequest, context: CallContext
     ) -> gateway_pb2.GetTaskTypeSchemaResponse:
-        routes = self._ingestor.routes
-        if request.task_type not in routes:
-            raise GatewayError(
-                Code.NOT_FOUND,
-                f"unknown task type {request.task_type!r}; known task types: "
-                + ", ".join(routes.task_types),
-            )
+        try:
+            self._ingestor.routes.resolve(request.task_type)
+        except GatewayError as error:  # a resource that is not there, here, not a bad argument
+            raise GatewayError(Code.NOT_FOUND, error.message) from None
         response = gateway_pb2.GetTaskTypeSchemaResponse(task_type=request.task_type)
         response.json_schema.update(self._payload_schemas[request.task_type])
         return response
