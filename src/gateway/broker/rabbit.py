@@ -303,11 +303,11 @@ class RabbitBroker(Broker):
     async def _lane(self, exchange: str) -> _Lane:
         """The exchange's publishing lane, opened on first use and again after it failed."""
         opening = self._lanes.get(exchange)
-        if (
-            opening is not None
-            and opening.done()
-            and (opening.exception() is not None or not opening.result().usable)
-        ):
+        if opening is not None and opening.done() and not opening.exception():
+            lane = opening.result()
+            if lane.usable:  # every publish but the first few: no await, no shield
+                return lane
+        if opening is not None and opening.done():  # it failed to open, or broke since
             if opening.exception() is None and not opening.result().connection.is_closed:
                 _shared(opening.result().connection.close())
             opening = None
