@@ -66,8 +66,10 @@ class GrpcTarget:
 
     async def open(self) -> None:
         import grpc
+        from taskgateway.v1 import gateway_pb2
 
         self.grpc = grpc
+        self.stream_response = gateway_pb2.PublishStreamResponse
         for _ in range(self.n_channels):
             # A local subchannel pool: one TCP connection per channel, as h2load -c opens.
             channel = grpc.aio.insecure_channel(
@@ -88,8 +90,11 @@ class GrpcTarget:
                 return None
             call = multi_callable(iter(self.messages), timeout=CALL_TIMEOUT)
             answers = 0
-            async for _ in call:
-                answers += 1
+            async for raw in call:  # a response holds the results of the tasks settled together
+                for result in self.stream_response.FromString(raw).results:
+                    if result.WhichOneof("result") != "task_key":
+                        return f"TASK_{result.error.code}"
+                    answers += 1
             code = await call.code()
             if code != self.grpc.StatusCode.OK:
                 return str(code.name)

@@ -1,7 +1,8 @@
 """The one implementation behind every transport: check a task, publish it, wait for the confirm.
 
-gRPC (typed RPCs and Publish) and the REST shim both call `Ingestor.submit`, so validation,
-limits and the one log line per request are the same whatever the client spoke.
+gRPC (typed RPCs, Publish, batches and streams) and the REST shim all go through
+`Ingestor.publish`, so validation, limits and the one log line per task are the same whatever
+the client spoke. `Ingestor.submit` waits for one task; `gateway.window` for many at once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
 from gateway.jsonmapping import parse_json_object
 from gateway.routing import Route, RouteTable
 
-__all__ = ["Accepted", "Ingestor", "TaskRequest"]
+__all__ = ["Accepted", "Ingestor", "Publication", "TaskRequest"]
 
 log = structlog.get_logger(logger_name="gateway.ingest")
 
@@ -51,12 +52,46 @@ class Accepted:
     route: Route
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    route: Route
-    task_id: str
-    task_key: str
-    envelope: Envelope
+class Publication:
+    """One task from its arrival to its outcome, which is logged once.
+
+    `confirm` is done when the broker confirmed the task or refused it; for a task that was
+    never sent (invalid, over a limit) it is done from the start, with the error.
+    """
+
+    __slots__ = ("_accepted", "_fields", "_started", "confirm")
+
+    def __init__(
+        self,
+        confirm: asyncio.Future[None],
+        accepted: Accepted | None,
+        started: float,
+        fields: dict[str, Any],
+    ) -> None:
+        self.confirm = confirm
+        self._accepted = accepted
+        self._started = started
+        self._fields = fields
+
+    def settle(self, error: GatewayError | None = None) -> Accepted | GatewayError:
+        """The outcome, logged: `error` when given (the caller stopped waiting), else the confirm's.
+
+        Call it once, when `confirm` is done or with an error.
+        """
+        if error is None:
+            error = _confirm_error(self.confirm, self._fields)
+        if error is None and self._accepted is not None:
+            _log_outcome(self._started, self._fields, Code.OK)
+            return self._accepted
+        assert error is not None
+        _log_outcome(self._started, self._fields, error.code, error=error.message)
+        return error
+
+    def cancelled(self) -> None:
+        """Log that the client went away before the outcome was known (instead of settle)."""
+        _log_outcome(
+            self._started, self._fields, Code.CANCELLED, error="the client cancelled the call"
+        )
 
 
 class Ingestor:
@@ -89,6 +124,10 @@ class Ingestor:
         """Refuse new tasks from now on (shutdown); publishes already under way go on."""
         self._closed = True
 
+    def time_limit(self, remaining: float | None) -> float:
+        """How long to wait for a confirm: the caller's remaining deadline, within the cap."""
+        return self._publish_timeout if remaining is None else min(remaining, self._publish_timeout)
+
     async def submit(
         self,
         request: TaskRequest,
@@ -98,31 +137,44 @@ class Ingestor:
     ) -> Accepted:
         """Publish one task; return once the broker confirmed it, or raise GatewayError.
 
-        `timeout` is the caller's remaining deadline in seconds; the publish is also bounded by
+        `timeout` is the caller's remaining deadline in seconds; the wait is also bounded by
         the configured cap. Logs the outcome once.
         """
+        publication = self.publish(request, traceparent)
+        limit = self.time_limit(timeout)
+        if not publication.confirm.done():
+            try:
+                # asyncio.wait never cancels what it waits for: a deadline or a cancelled call
+                # must not cut a publish off half-way inside the AMQP client; it finishes in
+                # the background and stays in `in_flight`.
+                await asyncio.wait((publication.confirm,), timeout=limit)
+            except asyncio.CancelledError:
+                publication.cancelled()
+                raise
+        outcome = publication.settle(
+            None if publication.confirm.done() else deadline_exceeded(limit)
+        )
+        if isinstance(outcome, GatewayError):
+            raise outcome
+        return outcome
+
+    def publish(self, request: TaskRequest, traceparent: str | None = None) -> Publication:
+        """Check the task and start publishing it. Never raises: an error is the outcome."""
         started = time.perf_counter()
         fields: dict[str, Any] = {"task_type": request.task_type[:_LOGGED_TASK_TYPE_LENGTH]}
+        accepted = None
         try:
             if self._closed:
                 raise GatewayError(
                     Code.UNAVAILABLE, "the gateway is shutting down; retry on another instance"
                 )
-            prepared = self._prepare(request, traceparent)
-            fields.update(task_key=prepared.task_key, exchange=prepared.route.exchange)
-            await self._publish(prepared, timeout)
-        except GatewayError as error:
-            _log_outcome(started, fields, error.code, error=error.message)
-            raise
-        except asyncio.CancelledError:
-            _log_outcome(started, fields, Code.CANCELLED, error="the client cancelled the call")
-            raise
-        except Exception as exc:  # anything else is a bug: log it whole, tell the client nothing
-            log.exception("unexpected error while publishing", **fields)
-            _log_outcome(started, fields, Code.INTERNAL, error=type(exc).__name__)
-            raise GatewayError(Code.INTERNAL, "internal error; see the gateway's log") from exc
-        _log_outcome(started, fields, Code.OK)
-        return Accepted(prepared.task_key, prepared.task_id, prepared.route)
+            accepted, envelope = self._prepare(request, traceparent)
+            fields.update(task_key=accepted.task_key, exchange=envelope.exchange)
+            confirm = self._start(accepted.task_id, envelope)
+        except Exception as exc:  # a GatewayError, or a bug that settle reports as one
+            confirm = asyncio.get_running_loop().create_future()
+            confirm.set_exception(exc)
+        return Publication(confirm, accepted, started, fields)
 
     async def drain(self, timeout: float) -> int:
         """Wait up to `timeout` for the publishes in flight; return how many did not finish."""
@@ -132,7 +184,7 @@ class Ingestor:
         _, still_pending = await asyncio.wait(pending, timeout=timeout)
         return len(still_pending)
 
-    def _prepare(self, request: TaskRequest, traceparent: str | None) -> _Prepared:
+    def _prepare(self, request: TaskRequest, traceparent: str | None) -> tuple[Accepted, Envelope]:
         route = self.routes.resolve(request.task_type)
         violations = validation.check_user_id(request.user_id)
         violations += validation.check_idempotency_key(request.idempotency_key)
@@ -161,38 +213,53 @@ class Ingestor:
             app_id=self._app_id,
             headers=headers,
         )
-        return _Prepared(route, task_id, task_key, envelope)
+        return Accepted(task_key, task_id, route), envelope
 
-    async def _publish(self, prepared: _Prepared, timeout: float | None) -> None:
-        publish = self._in_flight.get(prepared.task_id)
-        if publish is None:
-            if len(self._in_flight) >= self._max_in_flight:
-                raise GatewayError(
-                    Code.RESOURCE_EXHAUSTED,
-                    f"{self._max_in_flight} publishes are already waiting for the broker "
-                    "(broker.max_in_flight); retry later",
-                )
-            publish = asyncio.ensure_future(self.broker.publish(prepared.envelope))
-            self._in_flight[prepared.task_id] = publish
-            publish.add_done_callback(lambda done: self._forget(prepared.task_id, done))
-        limit = self._publish_timeout if timeout is None else min(timeout, self._publish_timeout)
-        try:
-            # Shielded: a deadline or a cancelled call must not cut a publish off half-way
-            # inside the AMQP client; it finishes in the background and stays in `in_flight`.
-            async with asyncio.timeout(limit):
-                await asyncio.shield(publish)
-        except TimeoutError:
+    def _start(self, task_id: str, envelope: Envelope) -> asyncio.Future[None]:
+        """The publish of this task id: the one already in flight, or a new one."""
+        publish = self._in_flight.get(task_id)
+        if publish is not None:
+            return publish
+        if len(self._in_flight) >= self._max_in_flight:
             raise GatewayError(
-                Code.DEADLINE_EXCEEDED,
-                f"no confirm from the broker within {limit:.3g}s: the outcome is unknown; "
-                "retry with the same idempotency_key to avoid a duplicate",
-            ) from None
+                Code.RESOURCE_EXHAUSTED,
+                f"{self._max_in_flight} publishes are already waiting for the broker "
+                "(broker.max_in_flight); retry later",
+            )
+        publish = asyncio.ensure_future(self.broker.publish(envelope))
+        self._in_flight[task_id] = publish
+        publish.add_done_callback(lambda done: self._forget(task_id, done))
+        return publish
 
     def _forget(self, task_id: str, done: asyncio.Future[None]) -> None:
         if self._in_flight.get(task_id) is done:
             del self._in_flight[task_id]
         if not done.cancelled():
             done.exception()  # retrieved here: a caller that timed out never reads it
+
+
+def deadline_exceeded(limit: float) -> GatewayError:
+    return GatewayError(
+        Code.DEADLINE_EXCEEDED,
+        f"no confirm from the broker within {limit:.3g}s: the outcome is unknown; "
+        "retry with the same idempotency_key to avoid a duplicate",
+    )
+
+
+def _confirm_error(confirm: asyncio.Future[None], fields: dict[str, Any]) -> GatewayError | None:
+    """What a done confirm says went wrong, as the client should hear it; None when confirmed."""
+    if confirm.cancelled():  # only when the event loop itself is going away
+        return GatewayError(
+            Code.UNAVAILABLE,
+            "the publish was cut off as the gateway stopped: the outcome is unknown; "
+            "retry with the same idempotency_key to avoid a duplicate",
+        )
+    exc = confirm.exception()
+    if exc is None or isinstance(exc, GatewayError):
+        return exc
+    # Anything else is a bug: log it whole, tell the client nothing of it.
+    log.error("unexpected error while publishing", exc_info=exc, **fields)
+    return GatewayError(Code.INTERNAL, "internal error; see the gateway's log")
 
 
 def _render_payload(

@@ -21,9 +21,10 @@ from taskgateway.v1 import gateway_pb2
 
 from gateway.contracts import GATEWAY_SERVICE
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
-from gateway.ingest import Ingestor, TaskRequest
+from gateway.ingest import Accepted, Ingestor, TaskRequest
 from gateway.routing import Route
 from gateway.status import to_status_proto
+from gateway.window import Outcome, PublishWindow
 
 __all__ = ["CallContext", "Method", "Methods", "struct_to_python"]
 
@@ -144,68 +145,68 @@ class Methods(Mapping[str, Method]):
     async def _publish_batch(
         self, request: gateway_pb2.PublishBatchRequest, context: CallContext
     ) -> gateway_pb2.PublishBatchResponse:
-        window = asyncio.Semaphore(self._window)
-
-        async def settle(index: int, entry: gateway_pb2.TaskEntry) -> gateway_pb2.TaskResult:
-            async with window:
-                return await self._settle(index, entry, context)
-
-        results = await asyncio.gather(
-            *(settle(index, entry) for index, entry in enumerate(request.entries))
-        )
-        return gateway_pb2.PublishBatchResponse(results=results)
+        window = self._open_window(context)
+        outcomes: list[Outcome] = []
+        try:
+            for index, entry in enumerate(request.entries):
+                while window.full:
+                    outcomes += await window.take()
+                window.add(index, self._entry_task(entry))
+            window.finish()
+            while settled := await window.take():
+                outcomes += settled
+        finally:
+            window.close()
+        outcomes.sort(key=lambda outcome: outcome[0])
+        return gateway_pb2.PublishBatchResponse(results=[_result(*o) for o in outcomes])
 
     async def _publish_stream(
         self, requests: AsyncIterator[gateway_pb2.PublishStreamRequest], context: CallContext
     ) -> AsyncIterator[gateway_pb2.PublishStreamResponse]:
-        """Answer each task as its confirm arrives; read no further while the window is full."""
-        window = asyncio.Semaphore(self._window)
-        results: asyncio.Queue[gateway_pb2.TaskResult | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
-        failure: list[BaseException] = []
-
-        async def settle(index: int, entry: gateway_pb2.TaskEntry) -> None:
-            try:
-                results.put_nowait(await self._settle(index, entry, context))
-            finally:
-                window.release()
+        """Answer tasks as their confirms arrive; read no further while the window is full."""
+        window = self._open_window(context)
+        failure: list[GatewayError] = []
 
         async def read() -> None:
             index = 0
             try:
                 async for request in requests:
-                    await window.acquire()
-                    task = asyncio.create_task(settle(index, request.entry))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
+                    window.add(index, self._entry_task(request.entry))
                     index += 1
+                    await window.room()
             except GatewayError as error:  # a request that does not parse ends the stream
                 failure.append(error)
-            await asyncio.gather(*pending)
-            results.put_nowait(None)
+            finally:
+                window.finish()
 
         reader = asyncio.create_task(read())
         try:
-            while (result := await results.get()) is not None:
-                yield gateway_pb2.PublishStreamResponse(result=result)
+            # Tasks confirmed together are answered together: one message, and one write.
+            while settled := await window.take():
+                yield gateway_pb2.PublishStreamResponse(results=[_result(*o) for o in settled])
             await reader
             if failure:
                 raise failure[0]
         finally:
             reader.cancel()
-            for task in list(pending):
-                task.cancel()  # the publishes themselves are shielded and run to the end
+            window.close()
 
-    async def _settle(
-        self, index: int, entry: gateway_pb2.TaskEntry, context: CallContext
-    ) -> gateway_pb2.TaskResult:
+    def _open_window(self, context: CallContext) -> PublishWindow:
+        return PublishWindow(
+            self._ingestor,
+            size=self._window,
+            remaining=context.remaining,
+            traceparent=context.metadata.get("traceparent"),
+        )
+
+    def _entry_task(self, entry: gateway_pb2.TaskEntry) -> TaskRequest | GatewayError:
+        """The entry's task, or what is wrong with the entry (it fails alone)."""
         try:
-            task_key = await self._submit(self._entry_task(entry), context)
+            return self._parse_entry(entry)
         except GatewayError as error:
-            return gateway_pb2.TaskResult(index=index, error=to_status_proto(error))
-        return gateway_pb2.TaskResult(index=index, task_key=task_key)
+            return error
 
-    def _entry_task(self, entry: gateway_pb2.TaskEntry) -> TaskRequest:
+    def _parse_entry(self, entry: gateway_pb2.TaskEntry) -> TaskRequest:
         kind = entry.WhichOneof("task")
         if kind == "publish":
             return _generic_task(entry.publish)
@@ -246,6 +247,12 @@ class Methods(Mapping[str, Method]):
         response = gateway_pb2.GetTaskTypeSchemaResponse(task_type=request.task_type)
         response.json_schema.update(self._payload_schemas[request.task_type])
         return response
+
+
+def _result(index: int, outcome: Accepted | GatewayError) -> gateway_pb2.TaskResult:
+    if isinstance(outcome, GatewayError):
+        return gateway_pb2.TaskResult(index=index, error=to_status_proto(outcome))
+    return gateway_pb2.TaskResult(index=index, task_key=outcome.task_key)
 
 
 def _typed_task(route: Route, request: Any) -> TaskRequest:

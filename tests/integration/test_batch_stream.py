@@ -126,7 +126,7 @@ async def test_stream_answers_every_task_with_its_index(gateway: Any, topology: 
             yield gateway_pb2.PublishStreamRequest(entry=gateway_pb2.TaskEntry(publish=publish))
 
     stub = gateway_pb2_grpc.TaskGatewayServiceStub(gateway.channel)
-    results = [response.result async for response in stub.PublishStream(requests())]
+    results = [r async for response in stub.PublishStream(requests()) for r in response.results]
 
     assert sorted(r.index for r in results) == list(range(count))
     assert all(r.WhichOneof("result") == "task_key" for r in results)
@@ -148,7 +148,9 @@ async def test_stream_reports_a_bad_task_and_goes_on(gateway: Any, topology: Top
             await asyncio.sleep(0)
 
     stub = gateway_pb2_grpc.TaskGatewayServiceStub(gateway.channel)
-    by_index = {r.result.index: r.result async for r in stub.PublishStream(requests())}
+    by_index = {
+        r.index: r async for response in stub.PublishStream(requests()) for r in response.results
+    }
 
     assert sorted(by_index) == [0, 1, 2, 3]
     assert by_index[2].error.code == 3

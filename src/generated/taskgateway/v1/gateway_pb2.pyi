@@ -103,7 +103,7 @@ class PublishStreamRequest(_message.Message):
     def __init__(self, entry: _Optional[_Union[TaskEntry, _Mapping]] = ...) -> None: ...
 
 class PublishStreamResponse(_message.Message):
-    __slots__ = ("result",)
-    RESULT_FIELD_NUMBER: _ClassVar[int]
-    result: TaskResult
-    def __init__(self, result: _Optional[_Union[TaskResult, _Mapping]] = ...) -> None: ...
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TaskResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...

@@ -88,10 +88,12 @@ class TaskGatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PublishStream(self, request_iterator, context):
-        """Publishes a continuous stream of tasks. Each answer carries the index of its
-        request in the stream (0, 1, ...) and comes as soon as the broker confirmed
-        that task, so answers may come out of order. A slow broker slows the stream:
-        the gateway stops reading while a window of tasks awaits confirms.
+        """Publishes a continuous stream of tasks. Each result carries the index of its
+        request in the stream (0, 1, ...) and is sent as soon as the broker confirmed
+        that task, so results may come out of order; tasks confirmed together come in
+        one response. A slow broker, or a client slow to read the responses, slows the
+        stream: the gateway stops reading while a window of tasks awaits its confirm or
+        its answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
