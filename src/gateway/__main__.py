@@ -7,14 +7,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import structlog
-
-from gateway.config import load_settings
+from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
-from gateway.log import configure_logging_for
 from gateway.workers import default_workers, run_workers
-
-log = structlog.get_logger(logger_name="gateway")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,33 +31,31 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers < 0:
                 raise ConfigError(f"--workers: must be 0 or more, got {args.workers}")
             settings = dataclasses.replace(settings, workers=args.workers)
-        configure_logging_for(settings)
-        workers = settings.workers or default_workers()
-        if not settings.broker_urls:
-            log.warning(
-                "NO RABBITMQ CONFIGURED: publishing to the in-memory broker. Messages are only "
-                "logged here and are lost on exit; set TASK_GATEWAY__BROKER__ADDRESS=amqp://... "
-                "to publish to RabbitMQ",
-                definitions=settings.broker.definitions,
-            )
-            workers = 1  # several in-memory brokers would each hold a part of the messages
-        if workers == 1:
-            # Imported here: a parent of several workers never loads grpc, aiohttp or aio-pika,
-            # which keeps it at a fraction of a worker's memory.
-            from gateway.server import serve
+        workers = _worker_count(settings)
+    except ConfigError as exc:
+        print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if workers == 1:
+        # Imported here: a parent of several workers never loads the server, grpc, aiohttp,
+        # aio-pika or structlog, which keeps it at a fraction of a worker's memory.
+        from gateway.server import serve_main
 
-            serve(settings)
-            return 0
+        return serve_main(settings)
+    return run_workers(settings, workers)
+
+
+def _worker_count(settings: Settings) -> int:
+    if not settings.broker_urls:
+        return 1  # several in-memory brokers would each hold a part of the messages
+    workers = settings.workers or default_workers()
+    if workers > 1:
         for key, address in (
             ("grpc.address", settings.grpc.address),
             ("server.address", settings.server.address),
         ):
             if address.endswith(":0"):
                 raise ConfigError(f"{key}: workers share one port; {address} asks each for its own")
-    except ConfigError as exc:
-        print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
-        return 2
-    return run_workers(settings, workers)
+    return workers
 
 
 if __name__ == "__main__":

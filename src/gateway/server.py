@@ -36,7 +36,7 @@ from gateway.openapi import openapi_document
 from gateway.routing import RouteTable, build_route_table
 from gateway.schema import message_schema
 
-__all__ = ["Gateway", "make_broker", "serve", "serve_worker"]
+__all__ = ["Gateway", "make_broker", "serve", "serve_main"]
 
 log = structlog.get_logger(logger_name="gateway.server")
 
@@ -251,11 +251,19 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> None:
         uvloop.run(gateway.serve())
 
 
-def serve_worker(settings: Settings) -> None:
-    """A worker process of several sharing the ports (spawned: it gets only the settings)."""
+def serve_main(settings: Settings, *, reuse_port: bool = False) -> int:
+    """`python -m gateway` in this process, or one of its workers (`reuse_port`); exit code."""
     configure_logging_for(settings)
+    if not settings.broker_urls:
+        log.warning(
+            "NO RABBITMQ CONFIGURED: publishing to the in-memory broker. Messages are only "
+            "logged here and are lost on exit; set TASK_GATEWAY__BROKER__ADDRESS=amqp://... "
+            "to publish to RabbitMQ",
+            definitions=settings.broker.definitions,
+        )
     try:
-        serve(settings, reuse_port=True)
+        serve(settings, reuse_port=reuse_port)
     except ConfigError as exc:
         print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0

@@ -54,6 +54,7 @@ async def test_two_workers_share_the_ports_and_both_publish(
         if line.startswith("{")
     ]
     (workers,) = [e for e in events if e["event"] == "workers started"]
+    assert len(workers["pids"]) == 2
     serving = {e["process"] for e in events if e["event"] == "task published"}
     assert serving == set(workers["pids"]), "both workers served requests"
     landed = await topology.drain("images.queue")
