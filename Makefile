@@ -25,11 +25,13 @@ soak: $(INSTALLED) ## Minutes of load with RabbitMQ faults at random moments; lo
 	$(PY) -m tests.faults.soak
 
 # `make bench`: one run, one table (bench/README.md). Needs RabbitMQ on 127.0.0.1:5672 and
-# rabbitmqctl; installs h2load/wrk (apt, when root) and build/bench-venv (fastapi, uvicorn).
+# rabbitmqctl; installs h2load/wrk (apt, when root), build/bench-venv (fastapi, uvicorn) and
+# build/gateway-venv (the gateway as deployed: pip install . without the dev extra).
 BENCH_ARGS ?=
 bench: $(INSTALLED) ## Benchmark: raw aio-pika vs the gateway's gRPC, REST, batch, stream vs the baselines
 	sh bench/install-tools.sh
 	$(PY) -m bench.setup_baselines build/bench-venv
+	$(PY) -m bench.setup_gateway build/gateway-venv
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 $(INSTALLED): pyproject.toml

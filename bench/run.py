@@ -140,6 +140,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=ROOT / "build/bench-venv",
         help="venv with fastapi/uvicorn for the baselines (bench/setup_baselines.py)",
     )
+    p.add_argument(
+        "--gateway-venv",
+        type=Path,
+        default=ROOT / "build/gateway-venv",
+        help="venv with the gateway installed without the dev extra (bench/setup_gateway.py)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "build/bench")
     return p.parse_args(argv)
 
@@ -185,6 +191,7 @@ def baseline_setup(
 
 def load_settings_text(settings: Settings, tools: Tools, ctx_env: Env, revision: str) -> list[str]:
     d = tools.describe()
+    gateway_args = settings.gateway_args
     return [
         f"gRPC peak:   {d['grpc']}",
         f"REST peak:   {d['rest']}",
@@ -196,8 +203,9 @@ def load_settings_text(settings: Settings, tools: Tools, ctx_env: Env, revision:
         f"durations:   warm-up {settings.warmup} s (h2load/wrk: a run of its own, then purge; "
         f"pydriver: same process, counted), peak {settings.duration} s, half peak 1 s + "
         f"{settings.half_duration} s; a fresh server process per row",
-        f"gateway:     {shlex.join([ctx_env.python, '-m', 'gateway', *settings.gateway_args])} "
-        f"(RUN_MODE=production, LOG__LEVEL=warning), code at {revision}",
+        f"gateway:     {shlex.join([ctx_env.gateway_python, '-m', 'gateway', *gateway_args])} "
+        f"(pip install . without the dev extra; RUN_MODE=production, LOG__LEVEL=warning), "
+        f"code at {revision}",
     ]
 
 
@@ -256,6 +264,7 @@ async def run(args: argparse.Namespace) -> int:
     env = Env(
         root=ROOT,
         python=sys.executable,
+        gateway_python=str(args.gateway_venv / "bin" / "python"),
         amqp_url=vhost.url,
         log_dir=logs,
         bench_python=bench_python,

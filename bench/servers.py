@@ -43,6 +43,7 @@ class Env:
 
     root: Path
     python: str  # the project's venv
+    gateway_python: str  # build/gateway-venv: the gateway installed as deployed
     amqp_url: str  # the bench vhost
     log_dir: Path
     bench_python: str | None = None  # build/bench-venv (baselines)
@@ -115,7 +116,7 @@ class Gateway:
             "TASK_GATEWAY__LOG__LEVEL": "warning",  # see the class docstring
             **self.env_overrides,
         }
-        argv = [env.python, "-m", "gateway", *self.args]
+        argv = [env.gateway_python, "-m", "gateway", *self.args]
         child = await procs.spawn(name, argv, log_dir=env.log_dir, env=environ, cwd=env.root)
         server = Server(
             f"{self.label} ({shlex.join(argv[1:])})",
