@@ -74,14 +74,14 @@ build/protodeps: $(INSTALLED) Makefile
 	cp $(GOOGLEAPIS)/google/rpc/status.proto $@/google/rpc/
 
 lint: $(INSTALLED) $(BUF) build/protodeps ## ruff, mypy and buf lint
-	$(PY) -m ruff check src tests bench
-	$(PY) -m ruff format --check src tests bench
+	$(PY) -m ruff check src tests bench clients
+	$(PY) -m ruff format --check src tests bench clients
 	$(PY) -m mypy
 	$(BUF) lint
 
 fmt: $(INSTALLED)
-	$(PY) -m ruff format src tests
-	$(PY) -m ruff check --fix src tests
+	$(PY) -m ruff format src tests bench clients
+	$(PY) -m ruff check --fix src tests bench clients
 
 clean:
 	rm -rf build node_modules $(VENV)
