@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     if workers == 1:
-        # Imported here: a parent of several workers never loads the server, grpc, aiohttp,
-        # aio-pika or structlog, which keeps it at a fraction of a worker's memory.
+        # Imported here, not at the top: with several workers, run_workers forks them before
+        # the server (grpc, aiohttp, aio-pika) is loaded.
         from gateway.server import serve_main
 
         return serve_main(settings)

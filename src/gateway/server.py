@@ -7,6 +7,7 @@ NOT_SERVING, stop accepting, let in-flight publishes finish, close the broker co
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ from gateway.methods import Methods
 from gateway.openapi import openapi_document
 from gateway.routing import RouteTable, build_route_table
 from gateway.schema import message_schema
+from gateway.workers import Siblings
 
 __all__ = ["Gateway", "make_broker", "serve", "serve_main"]
 
@@ -212,18 +214,42 @@ class Gateway:
         await asyncio.gather(*self._health_updates, return_exceptions=True)
         log.info("task gateway stopped")
 
-    async def serve(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    async def serve(self, siblings: Siblings | None = None) -> bool:
+        """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+        With `siblings` (this is the first of several workers) signals are passed on to them,
+        a sibling that exits on its own stops this one too, and this one returns once they
+        all exited: False when one had failed.
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if siblings is not None:
+                siblings.signal(signum)
+            stop.set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await self.start()
+            loop.add_signal_handler(signum, on_signal, signum)
         try:
-            await stop.wait()
-            log.info("shutting down", grace_seconds=self.settings.grpc.shutdown_grace_seconds)
+            if siblings is not None:
+                siblings.watch(on_failure=stop.set)
+                log.info("workers started", count=len(siblings.pids), pids=siblings.pids)
+            await self.start()
+            # What start-up built lives as long as the process (modules, descriptors, the
+            # route table, the OpenAPI document). Frozen, it is left out of the collector's
+            # full passes, whose pauses otherwise land in some requests' latency.
+            gc.freeze()
+            try:
+                await stop.wait()
+                log.info("shutting down", grace_seconds=self.settings.grpc.shutdown_grace_seconds)
+            finally:
+                await self.stop()
         finally:
-            await self.stop()
+            if siblings is not None:
+                siblings.signal(signal.SIGTERM)
+                await siblings.wait()
+        return siblings is None or not siblings.failed
 
     def _on_broker_state(self, connected: bool) -> None:
         status = (
@@ -240,19 +266,25 @@ class Gateway:
             await self.health.set(service, status)
 
 
-def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+def serve(
+    settings: Settings, *, reuse_port: bool = False, siblings: Siblings | None = None
+) -> bool:
     """Run one gateway in this process until SIGTERM or SIGINT (on uvloop where there is one)."""
     gateway = Gateway(settings, reuse_port=reuse_port)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        asyncio.run(gateway.serve())
-    else:
-        uvloop.run(gateway.serve())
+        return asyncio.run(gateway.serve(siblings))
+    return uvloop.run(gateway.serve(siblings))
 
 
-def serve_main(settings: Settings, *, reuse_port: bool = False) -> int:
-    """`python -m gateway` in this process, or one of its workers (`reuse_port`); exit code."""
+def serve_main(
+    settings: Settings, *, reuse_port: bool = False, siblings: Siblings | None = None
+) -> int:
+    """`python -m gateway`, or one of its workers (`reuse_port`); the exit code.
+
+    `siblings`: the workers this one forked (gateway.workers), to watch and stop with it.
+    """
     configure_logging_for(settings)
     if not settings.broker_urls:
         log.warning(
@@ -262,8 +294,8 @@ def serve_main(settings: Settings, *, reuse_port: bool = False) -> int:
             definitions=settings.broker.definitions,
         )
     try:
-        serve(settings, reuse_port=reuse_port)
+        ok = serve(settings, reuse_port=reuse_port, siblings=siblings)
     except ConfigError as exc:
         print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return 0 if ok else 1

@@ -1,33 +1,37 @@
 """Several gateway processes on one host, sharing the gRPC and HTTP ports (SO_REUSEPORT).
 
 The kernel spreads connections over the processes; each has its own event loop and AMQP
-connections. The parent forks them, then only passes SIGTERM/SIGINT on and waits. When one
-dies on its own the parent stops the others and exits non-zero: restarting is the job of
-the orchestrator (systemd, Kubernetes), not of a home-made supervisor.
+connections. The first worker is the process that was started: it forks the others before it
+loads anything but the settings, then serves like them and also watches them. SIGTERM/SIGINT
+reach every worker through it; when one exits on its own it stops the others and the gateway
+exits non-zero; if it dies itself, Linux stops the others (PR_SET_PDEATHSIG). Restarting is
+the job of the orchestrator (systemd, Kubernetes), not of a home-made supervisor.
 
-The parent loads the settings and nothing else: no event loop, no grpc, not even the logging
-library (which imports asyncio and, with it, OpenSSL). It stays at about 10 MB, where it was
-29 MB, plus a 12 MB resource tracker, when it was a multiprocessing parent; its two events
-are written by `_announce` in the shape of the workers' log lines.
+No separate supervisor process: it would hold 15 MB for a loop around os.wait, where DESIGN
+section 9 counts every process of the gateway against 150 MB.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
+import ctypes
 import os
 import signal
 import sys
-import time
 import traceback
-from types import FrameType
-from typing import Any
+from collections.abc import Callable
+
+import structlog
 
 from gateway.config import Settings
 
-__all__ = ["default_workers", "run_workers"]
+__all__ = ["Siblings", "default_workers", "run_workers"]
+
+log = structlog.get_logger(logger_name="gateway.workers")
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def default_workers() -> int:
@@ -36,53 +40,78 @@ def default_workers() -> int:
 
 
 def run_workers(settings: Settings, count: int) -> int:
-    """Run a gateway in each of `count` forked processes; return the parent's exit code."""
-    workers: dict[int, int] = {}  # pid -> worker index
-    stopping = False
+    """Serve in this process and in `count - 1` forked ones; return the exit code."""
+    parent = os.getpid()
+    pids = []
+    for _ in range(count - 1):
+        # Signals wait until the child has its own handlers (they are the parent's until then).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_forked_worker(settings, parent))
+        pids.append(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+    from gateway.server import serve_main
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in workers:
+    return serve_main(settings, reuse_port=True, siblings=Siblings(pids))
+
+
+class Siblings:
+    """The workers the first one forked, as it watches them from its event loop."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = [os.getpid(), *pids]
+        self._running = {pid: index for index, pid in enumerate(pids, start=1)}
+        self._all_exited = asyncio.Event()
+        self._stopping = False
+        self.failed = False
+
+    def watch(self, on_failure: Callable[[], None]) -> None:
+        """Call `on_failure` when a worker exits without having been told to stop."""
+        loop = asyncio.get_running_loop()
+        for pid in self._running:
+            fd = os.pidfd_open(pid)  # readable once the process has exited
+            loop.add_reader(fd, self._exited, pid, fd, on_failure)
+        if not self._running:
+            self._all_exited.set()
+
+    def signal(self, signum: int) -> None:
+        """Pass a stop signal on to every worker still running."""
+        self._stopping = True
+        for pid in self._running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
-    try:
-        for index in range(count):
-            # Signals wait until the child has dropped the parent's handler.
-            signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
-            pid = os.fork()
-            if pid == 0:
-                os._exit(_worker(settings))
-            workers[pid] = index
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-        _announce(settings, "info", "workers started", count=count, pids=list(workers))
-        failed = False
-        while workers:
-            pid, status = os.wait()
-            index = workers.pop(pid, -1)
-            if index < 0 or stopping:
-                continue
-            failed = True
-            _announce(
-                settings,
-                "error",
+    async def wait(self) -> None:
+        """Until every forked worker has exited."""
+        await self._all_exited.wait()
+
+    def _exited(self, pid: int, fd: int, on_failure: Callable[[], None]) -> None:
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        index = self._running.pop(pid)
+        if not self._running:
+            self._all_exited.set()
+        if not self._stopping:
+            self.failed = True
+            log.error(
                 "a worker exited on its own; stopping the others",
                 worker=index,
+                pid=pid,
                 exit_code=os.waitstatus_to_exitcode(status),
             )
-            forward(signal.SIGTERM, None)
-        return 1 if failed else 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            on_failure()
 
 
-def _worker(settings: Settings) -> int:
-    """A forked worker, to its exit code; it imports the server itself, the parent never does."""
+def _forked_worker(settings: Settings, parent: int) -> int:
+    """A forked worker, to its exit code; it loads the server itself, after the fork."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the first worker died before the line above
+        return 1
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     code = 1
     try:
@@ -91,33 +120,9 @@ def _worker(settings: Settings) -> int:
         code = serve_main(settings, reuse_port=True)
     except KeyboardInterrupt:
         code = 0
-    except BaseException:  # os._exit below skips the interpreter's own report
+    except BaseException:  # os._exit skips the interpreter's own report
         traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
     return code
-
-
-def _announce(settings: Settings, level: str, event: str, **fields: Any) -> None:
-    """One of the parent's events, as the workers' log lines look (gateway.log)."""
-    json_lines = settings.log.format == "json" or (
-        settings.log.format == "auto" and settings.run_mode == "production"
-    )
-    if level == "info" and settings.log.level not in ("debug", "info"):
-        return
-    if json_lines:
-        line = json.dumps(
-            {
-                "event": event,
-                "logger_name": "gateway.workers",
-                **fields,
-                "level": level,
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
-                "process": os.getpid(),
-            }
-        )
-    else:
-        details = " ".join(f"{key}={value}" for key, value in fields.items())
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{level:<9}] {event:<40} {details}"
-    print(line, file=sys.stderr, flush=True)

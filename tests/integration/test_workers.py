@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 from typing import Any
@@ -62,3 +63,66 @@ async def test_two_workers_share_the_ports_and_both_publish(
         answer["task_key"].rsplit(":", 1)[1] for _, answer in answers
     )
     assert re.search(r'"event": "task gateway stopped"', output.decode())
+
+
+async def _started_workers(rabbitmq_url: str) -> tuple[asyncio.subprocess.Process, list[int]]:
+    gateway = await start_gateway_process(
+        {
+            "TASK_GATEWAY__BROKER__ADDRESS": rabbitmq_url,
+            "TASK_GATEWAY__SERVER__ADDRESS": f"127.0.0.1:{free_port()}",
+            "TASK_GATEWAY__GRPC__ADDRESS": f"127.0.0.1:{free_port()}",
+            "TASK_GATEWAY__LOG__FORMAT": "json",
+        },
+        "--workers",
+        "2",
+    )
+    started = await read_until(gateway, "workers started")
+    (event,) = [json.loads(line) for line in started.splitlines() if "workers started" in line]
+    await read_until(gateway, "connected to RabbitMQ")
+    await read_until(gateway, "connected to RabbitMQ")
+    return gateway, event["pids"]
+
+
+async def _exited(pid: int) -> None:
+    """Until the process has exited (a pidfd turns readable then, also for a non-child)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    exited = asyncio.Event()
+    loop.add_reader(fd, exited.set)
+    try:
+        await exited.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def test_a_worker_that_dies_stops_the_gateway_with_an_error(
+    rabbitmq_url: str, topology: Topology
+) -> None:
+    """When a forked worker is killed, the first one logs it, stops, and the gateway exits 1."""
+    gateway, pids = await _started_workers(rabbitmq_url)
+    assert pids[0] == gateway.pid
+
+    os.kill(pids[1], signal.SIGKILL)
+    output, _ = await asyncio.wait_for(gateway.communicate(), 30)
+
+    assert gateway.returncode == 1
+    events = [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
+    (lost,) = [e for e in events if e["event"] == "a worker exited on its own; stopping the others"]
+    assert (lost["pid"], lost["exit_code"]) == (pids[1], -signal.SIGKILL)
+    assert "task gateway stopped" in {e["event"] for e in events}
+
+
+async def test_forked_workers_stop_when_the_first_one_is_killed(
+    rabbitmq_url: str, topology: Topology
+) -> None:
+    """SIGKILL to the first worker (no handler runs) still stops the workers it forked."""
+    gateway, pids = await _started_workers(rabbitmq_url)
+
+    gateway.kill()
+    await asyncio.wait_for(gateway.communicate(), 30)
+
+    await asyncio.wait_for(_exited(pids[1]), 20)
