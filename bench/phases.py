@@ -76,6 +76,7 @@ class PhaseResult:
     peak_rss_mb: float | None = None  # sum over the server's process tree
     peak_rss_each_mb: dict[int, float] = field(default_factory=dict)  # pid -> VmHWM
     rss_ready_mb: float | None = None
+    pss_after_peak_mb: float | None = None  # Pss summed over the tree, right after the peak run
     cpu: dict[str, float] = field(default_factory=dict)
     checks: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -131,6 +132,8 @@ class Phase:
             if not await self.preflight(ctx, target, result):
                 return result
             peak = await self.peak_run(ctx, server, target)
+            if server is not None:
+                result.pss_after_peak_mb = round(procs.pss_mb(server.pids()), 1)
             await self.verify(ctx, result, peak, "peak")
             k = self.msgs_per_request or 1
             result.msgs_per_s = round(peak.rate * k, 1)

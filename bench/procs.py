@@ -133,6 +133,23 @@ def peak_rss_each_mb(pids: Iterable[int]) -> dict[int, float]:
     return {pid: round(_status_kb(pid, "VmHWM") / 1024, 1) for pid in pids}
 
 
+def pss_mb(pids: Iterable[int]) -> float:
+    """Sum of Pss (resident, shared pages divided among their sharers) over pids, in MiB.
+
+    What a tree of processes takes from the machine: a sum of RSS counts the shared libraries
+    (libpython, grpc, OpenSSL) once per process.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
 def rss_mb(pids: Iterable[int]) -> float:
     """Sum of VmRSS (resident now) over pids, in MiB."""
     return sum(_status_kb(pid, "VmRSS") for pid in pids) / 1024

@@ -117,7 +117,8 @@ def table(results: list[PhaseResult]) -> str:
             cpu = "/".join("-" if p is None else f"{p:.0f}" for p in parts)
         rss = _fmt(r.peak_rss_mb)
         if len(r.peak_rss_each_mb) > 1:  # a --workers tree: the sum, how many, the largest
-            rss += f" ({len(r.peak_rss_each_mb)}p, max {max(r.peak_rss_each_mb.values()):.0f})"
+            rss += f" ({len(r.peak_rss_each_mb)}p, max {max(r.peak_rss_each_mb.values()):.0f}"
+            rss += f", PSS {r.pss_after_peak_mb:.0f})" if r.pss_after_peak_mb else ")"
         rows.append(
             [
                 r.label,
