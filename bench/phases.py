@@ -73,6 +73,9 @@ class PhaseResult:
     half_rate: float | None = None  # msgs/s of the half-peak run
     half_p99_ms: float | None = None
     half_p50_ms: float | None = None
+    # raw aio-pika's p99, open loop at the same message rate as the half-peak run, with the
+    # server idle: the broker's own tail on this machine at that rate.
+    broker_half_p99_ms: float | None = None
     peak_rss_mb: float | None = None  # sum over the server's process tree
     peak_rss_each_mb: dict[int, float] = field(default_factory=dict)  # pid -> VmHWM
     rss_ready_mb: float | None = None
@@ -152,6 +155,19 @@ class Phase:
                 await self.verify(ctx, result, half, "half-peak")
                 result.half_rate = round(half.rate * k, 1)
                 result.half_p50_ms, result.half_p99_ms = half.p50_ms, half.p99_ms
+                if server is not None and not self.baseline:
+                    floor = await loadgen.pydriver(
+                        ctx.tools,
+                        raw_target(ctx),
+                        seconds=ctx.settings.half_duration,
+                        warmup=1.0,
+                        cpu=None,
+                        name=f"{self.key}.broker-at-half",
+                        rate=half.rate * k,
+                        connections=1,
+                    )
+                    await self.verify(ctx, result, floor, "broker-at-half", per_request=1)
+                    result.broker_half_p99_ms = floor.p99_ms
             if server is not None:
                 result.peak_rss_each_mb = procs.peak_rss_each_mb(server.pids())
                 result.peak_rss_mb = round(sum(result.peak_rss_each_mb.values()), 1)
@@ -204,10 +220,17 @@ class Phase:
         await ctx.vhost.purge()
         return True
 
-    async def verify(self, ctx: Context, result: PhaseResult, run: LoadResult, what: str) -> None:
+    async def verify(
+        self,
+        ctx: Context,
+        result: PhaseResult,
+        run: LoadResult,
+        what: str,
+        per_request: int | None = None,
+    ) -> None:
         """Count what landed against what the load generator saw succeed; purge."""
         landed = await ctx.vhost.settle()
-        k = self.msgs_per_request
+        k = per_request or self.msgs_per_request
         low, high = run.expect[0] * k, run.expect[1] * k
         result.runs[what] = asdict(run) | {"landed": landed, "rate": round(run.rate, 1)}
         if run.errors:
@@ -325,13 +348,17 @@ class RestPhase(Phase):
         )
 
 
+def raw_target(ctx: Context) -> Target:
+    """bench/raw_aiopika.py publishing the legacy task straight to the bench vhost."""
+    return Target("amqp", ctx.vhost.url, amqp_request=dict(payloads.LEGACY_REQUEST))
+
+
 @dataclass(frozen=True)
 class RawPhase(Phase):
     """The reference: bench/raw_aiopika.py publishing straight to the vhost, no server."""
 
     def target(self, ctx: Context, server: Server | None) -> Target:
-        request = {k: v for k, v in payloads.LEGACY_REQUEST.items()}
-        return Target("amqp", ctx.vhost.url, amqp_request=request)
+        return raw_target(ctx)
 
     async def peak_run(self, ctx: Context, server: Server | None, target: Target) -> LoadResult:
         s = ctx.settings

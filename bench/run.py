@@ -337,7 +337,9 @@ async def run(args: argparse.Namespace) -> int:
     print(
         "columns:     msgs/s = tasks confirmed by RabbitMQ per second; p50/p99 per request "
         "under peak load; p99 at half peak: open loop at half the row's peak (achieved rate "
-        "after @); peak RSS: VmHWM summed over the server's processes (raw: the publisher), "
+        "after @; in brackets raw aio-pika's p99 at that message rate, the server idle: the "
+        "broker's own tail); peak RSS: VmHWM summed over the server's processes "
+        "(raw: the publisher), "
         "for several: how many, the largest, and their Pss summed right after the peak run "
         "(shared libraries counted once); "
         "CPU during the peak run in % of one core: server / RabbitMQ / load generator / "
