@@ -76,10 +76,11 @@ async def _started_workers(rabbitmq_url: str) -> tuple[asyncio.subprocess.Proces
         "--workers",
         "2",
     )
-    started = await read_until(gateway, "workers started")
-    (event,) = [json.loads(line) for line in started.splitlines() if "workers started" in line]
-    await read_until(gateway, "connected to RabbitMQ")
-    await read_until(gateway, "connected to RabbitMQ")
+    # Both workers connected, and the first one said which they are, in whatever order.
+    seen = ""
+    while seen.count("connected to RabbitMQ") < 2 or "workers started" not in seen:
+        seen += await read_until(gateway, '"event"')
+    (event,) = [json.loads(line) for line in seen.splitlines() if "workers started" in line]
     return gateway, event["pids"]
 
 
