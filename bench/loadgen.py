@@ -62,6 +62,7 @@ class Target:
     method: str = ""  # grpc: /package.Service/Method
     stream: bool = False  # grpc: all frames on one stream per call
     amqp_request: dict[str, Any] | None = None
+    amqp_message: str = "gateway"  # amqp: "gateway" or "minimal" (bench/raw_aiopika.py)
 
 
 @dataclass
@@ -320,7 +321,7 @@ async def pydriver(
     if target.stream:
         argv += ["--stream"]
     if target.amqp_request is not None:
-        argv += ["--request", json.dumps(target.amqp_request)]
+        argv += ["--request", json.dumps(target.amqp_request), "--message", target.amqp_message]
     argv += ["--rate", f"{rate:.1f}"] if rate else ["--concurrency", str(concurrency)]
     child = await procs.spawn(name, argv, log_dir=tools.log_dir, cwd=ROOT, stdout_pipe=True)
     result: dict[str, Any] | None = None

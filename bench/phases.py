@@ -348,17 +348,21 @@ class RestPhase(Phase):
         )
 
 
-def raw_target(ctx: Context) -> Target:
+def raw_target(ctx: Context, message: str = "gateway") -> Target:
     """bench/raw_aiopika.py publishing the legacy task straight to the bench vhost."""
-    return Target("amqp", ctx.vhost.url, amqp_request=dict(payloads.LEGACY_REQUEST))
+    return Target(
+        "amqp", ctx.vhost.url, amqp_request=dict(payloads.LEGACY_REQUEST), amqp_message=message
+    )
 
 
 @dataclass(frozen=True)
 class RawPhase(Phase):
     """The reference: bench/raw_aiopika.py publishing straight to the vhost, no server."""
 
+    message: str = "gateway"  # the gateway's properties and headers, or "minimal"
+
     def target(self, ctx: Context, server: Server | None) -> Target:
-        return raw_target(ctx)
+        return raw_target(ctx, self.message)
 
     async def peak_run(self, ctx: Context, server: Server | None, target: Target) -> LoadResult:
         s = ctx.settings
@@ -385,6 +389,13 @@ def phases(settings: Settings) -> list[Phase]:
     vs_naive = (("baseline.grpc", 2.0), ("raw", None))
     batch, stream = settings.batch_size, settings.stream_size
     return [
+        RawPhase(
+            "raw.minimal",
+            "raw aio-pika, the baselines' message",
+            message="minimal",
+            half_peak=False,
+            compare=(("raw", None),),
+        ),
         RawPhase("raw", f"raw aio-pika, confirms, {settings.raw_in_flight} in flight"),
         GrpcPhase(
             "grpc.typed",

@@ -241,7 +241,9 @@ async def drive(args: argparse.Namespace, body: bytes) -> dict[str, Any]:
         from bench.raw_aiopika import RawPublisher
 
         request = json.loads(args.request)
-        target = RawPublisher(args.address, args.exchange, args.routing_key, request)
+        target = RawPublisher(
+            args.address, args.exchange, args.routing_key, request, message=args.message
+        )
     await target.open()
     try:
         now = time.perf_counter()
@@ -282,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exchange", default="images.tasks")
     parser.add_argument("--routing-key", default="images.generate")
     parser.add_argument("--request", default="{}", help="amqp: the task without task_id, JSON")
+    parser.add_argument(
+        "--message",
+        choices=["gateway", "minimal"],
+        default="gateway",
+        help="amqp: the gateway's properties and headers, or the baselines' three",
+    )
     parser.add_argument("--connections", type=int, default=8)
     load = parser.add_mutually_exclusive_group(required=True)
     load.add_argument("--concurrency", type=int, help="closed loop: requests in flight")

@@ -3,15 +3,23 @@
 Modelled on shared/baselines/raw_aiopika.py (kept here so the bench does not depend on
 ../shared): one connection, one channel with publisher confirms, persistent + mandatory
 messages, and each of N concurrent workers awaits its own confirm before publishing again, as
-a gateway with N requests in flight would. Driven by bench/pydriver.py (`--target amqp`), which
-supplies the closed loop (N in flight) and the open loop (fixed rate) and the measurements.
+a gateway with N requests in flight would.
+
+`message="gateway"` publishes the message the gateway publishes (DESIGN 3: type, timestamp,
+app_id and a task_key header besides the baselines' three properties), so that both rows ask
+the same work of RabbitMQ; `"minimal"` publishes the baselines' message (content type,
+message id, persistent), which costs the broker less.
+
+Driven by bench/pydriver.py (`--target amqp`), which supplies the closed loop (N in flight)
+and the open loop (fixed rate) and the measurements.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
@@ -20,8 +28,18 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 class RawPublisher:
     """Publishes one legacy task per call() and returns once the broker confirmed it."""
 
-    def __init__(self, url: str, exchange: str, routing_key: str, request: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        url: str,
+        exchange: str,
+        routing_key: str,
+        request: dict[str, Any],
+        message: Literal["gateway", "minimal"] = "gateway",
+        service_name: str = "image-generation",
+    ) -> None:
         self.url = url
+        self.message = message
+        self.service_name = service_name
         self.exchange_name = exchange
         self.routing_key = routing_key
         self.request = request
@@ -39,11 +57,22 @@ class RawPublisher:
         task_id = str(uuid.uuid4())
         # Serialised per message, as a gateway would: the body carries the task id.
         body = json.dumps({"task_id": task_id, **self.request}, separators=(",", ":")).encode()
+        properties: dict[str, Any] = {}
+        if self.message == "gateway":
+            properties = {
+                "type": self.request.get("task_type"),
+                "timestamp": datetime.now(UTC),
+                "app_id": "task-gateway",
+                "headers": {
+                    "task_key": f"{self.request.get('user_id')}:{self.service_name}:{task_id}"
+                },
+            }
         message = aio_pika.Message(
             body,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             content_type="application/json",
             message_id=task_id,
+            **properties,
         )
         try:
             await self.exchange.publish(message, routing_key=self.routing_key, mandatory=True)
