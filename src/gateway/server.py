@@ -7,7 +7,6 @@ NOT_SERVING, stop accepting, let in-flight publishes finish, close the broker co
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import sys
 from pathlib import Path
@@ -236,10 +235,6 @@ class Gateway:
                 siblings.watch(on_failure=stop.set)
                 log.info("workers started", count=len(siblings.pids), pids=siblings.pids)
             await self.start()
-            # What start-up built lives as long as the process (modules, descriptors, the
-            # route table, the OpenAPI document). Frozen, it is left out of the collector's
-            # full passes, whose pauses otherwise land in some requests' latency.
-            gc.freeze()
             try:
                 await stop.wait()
                 log.info("shutting down", grace_seconds=self.settings.grpc.shutdown_grace_seconds)
