@@ -53,7 +53,6 @@ class PublishWindow:
         self._has_settled = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._finished = False  # no more tasks will be added
-        self._closed = False
 
     @property
     def full(self) -> bool:
@@ -105,7 +104,6 @@ class PublishWindow:
 
         Their publishes go on in the background; only their outcome has no one to go to.
         """
-        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         for publication, _, _ in self._pending.values():
@@ -129,8 +127,6 @@ class PublishWindow:
         self._timer = None
 
     def _expire(self) -> None:
-        if self._closed:
-            return
         now = self._loop.time() + _CLOCK_SLACK
         expired = []
         for index, (_, expires, _) in self._pending.items():

@@ -303,13 +303,12 @@ class RabbitBroker(Broker):
     async def _lane(self, exchange: str) -> _Lane:
         """The exchange's publishing lane, opened on first use and again after it failed."""
         opening = self._lanes.get(exchange)
-        if opening is not None and opening.done() and not opening.exception():
-            lane = opening.result()
-            if lane.usable:  # every publish but the first few: no await, no shield
+        if opening is not None and opening.done():
+            lane = None if opening.exception() else opening.result()
+            if lane is not None and lane.usable:  # every publish but the first few: no await
                 return lane
-        if opening is not None and opening.done():  # it failed to open, or broke since
-            if opening.exception() is None and not opening.result().connection.is_closed:
-                _shared(opening.result().connection.close())
+            if lane is not None and not lane.connection.is_closed:  # it broke since it opened
+                _shared(lane.connection.close())
             opening = None
         if opening is None:
             opening = _shared(self._open_lane(exchange))
