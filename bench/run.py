@@ -46,17 +46,17 @@ async def machine_busy(seconds: float = 2.0) -> float:
     return round(100 * ncpu * (after[0] - before[0]) / max(after[1] - before[1], 1), 1)
 
 
+def _git(*args: str) -> str:
+    """What `git ARGS` prints in this checkout (raises when git is missing or fails)."""
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+
+
 def default_baselines() -> Path:
     """$(git rev-parse --show-toplevel)/../shared/baselines."""
     try:
-        top = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        top = _git("rev-parse", "--show-toplevel")
     except (subprocess.SubprocessError, OSError):
         top = str(ROOT)
     return (Path(top) / ".." / "shared" / "baselines").resolve()
@@ -65,22 +65,8 @@ def default_baselines() -> Path:
 def gateway_revision() -> str:
     """The commit the gateway runs from, `+dirty` when src/ or proto/ has local changes."""
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src", "proto"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        head = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--", "src", "proto")
     except (subprocess.SubprocessError, OSError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
