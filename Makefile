@@ -4,8 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := node_modules/.bin/buf
-PROTOS := $(shell find proto -name '*.proto' | sort)
-GENERATED_PACKAGES := images videos taskgateway
 
 .PHONY: run test test-unit test-faults soak bench generate generate-check lint fmt clean
 
@@ -34,38 +32,28 @@ bench: $(INSTALLED) ## Benchmark: raw aio-pika vs the gateway's gRPC, REST, batc
 	$(PY) -m bench.setup_gateway build/gateway-venv
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-$(INSTALLED): pyproject.toml
+# The contracts (src/generated) are a distribution of their own, installed beside the server.
+$(INSTALLED): pyproject.toml src/generated/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./src/generated -e '.[dev]'
 	touch $@
 
-# Where googleapis-common-protos keeps google/api/*.proto (imported by the contracts).
-GOOGLEAPIS = $(shell $(PY) -c 'import os, google.api; print(os.path.dirname(os.path.dirname(list(google.api.__path__)[0])))')
-
-# Besides the Python modules, a descriptor set with source info: the proto comments, which
-# the generated modules drop, become the OpenAPI descriptions and JSON Schema titles.
-define protoc
-	rm -rf $(addprefix $(1)/,$(GENERATED_PACKAGES))
-	$(PY) -m grpc_tools.protoc -I proto -I $(GOOGLEAPIS) \
-		--python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) \
-		--include_source_info --descriptor_set_out=$(1)/taskgateway/v1/contracts.binpb $(PROTOS)
-endef
-
-generate: $(INSTALLED) ## Regenerate src/generated from proto/
-	$(call protoc,src/generated)
+generate: $(INSTALLED) ## Regenerate src/generated/taskgateway_api from proto/
+	$(PY) src/generated/generate.py src/generated
 
 generate-check: $(INSTALLED) ## Fail when src/generated is not what proto/ generates
-	rm -rf build/generated && mkdir -p build/generated
-	$(call protoc,build/generated)
-	@for p in $(GENERATED_PACKAGES); do \
-		diff -r --exclude=__pycache__ build/generated/$$p src/generated/$$p || \
-		{ echo "src/generated is stale: run 'make generate' and commit the result" >&2; exit 1; }; \
-	done
+	rm -rf build/generated
+	$(PY) src/generated/generate.py build/generated
+	@diff -r --exclude=__pycache__ build/generated/taskgateway_api src/generated/taskgateway_api || \
+		{ echo "src/generated is stale: run 'make generate' and commit the result" >&2; exit 1; }
 
 $(BUF): package.json
 	npm install --no-audit --no-fund --silent
 	touch $@
+
+# Where googleapis-common-protos keeps google/api/*.proto (imported by the contracts).
+GOOGLEAPIS = $(shell $(PY) -c 'import os, google.api; print(os.path.dirname(os.path.dirname(list(google.api.__path__)[0])))')
 
 build/protodeps: $(INSTALLED) Makefile
 	mkdir -p $@/google/api

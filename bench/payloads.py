@@ -16,8 +16,8 @@ from types import ModuleType
 from typing import Any
 
 from google.protobuf import any_pb2, json_format, struct_pb2
-from images.v1 import images_pb2
-from taskgateway.v1 import gateway_pb2
+from taskgateway_api.images.v1 import images_pb2
+from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 USER_ID = "12345"
 TASK_TYPE = "images.generate"

@@ -2,9 +2,10 @@
 
     .venv/bin/python -m bench.setup_gateway [VENV]
 
-`pip install .` of this checkout, without the dev extra: the project's .venv also holds the
-test and lint tools, and some change what the gateway loads (structlog renders tracebacks with
-rich when rich is installed, and schemathesis installs it: 15 MB more per process). The
+`pip install ./src/generated .` of this checkout (the contracts and the server), without the
+dev extra: the project's .venv also holds the test and lint tools, and some change what the
+gateway loads (structlog renders tracebacks with rich when rich is installed, and schemathesis
+installs it: 15 MB more per process). The
 libraries the gateway shares with the baselines are pinned to the versions in the venv running
 this script, as bench/setup_baselines.py pins them, so a ratio compares code, not versions.
 The gateway itself is reinstalled on every call (a few seconds): the bench measures the code
@@ -32,8 +33,10 @@ def main(argv: list[str]) -> int:
         venv.EnvBuilder(with_pip=True, clear=True).create(target)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     # Dependencies (skipped when satisfied), then this checkout's code afresh.
-    subprocess.run([*pip, str(ROOT), *pins()], check=True, timeout=900)
-    subprocess.run([*pip, "--no-deps", "--force-reinstall", str(ROOT)], check=True, timeout=900)
+    # The server and its contracts, a distribution of their own (src/generated).
+    checkout = [str(ROOT / "src" / "generated"), str(ROOT)]
+    subprocess.run([*pip, *checkout, *pins()], check=True, timeout=900)
+    subprocess.run([*pip, "--no-deps", "--force-reinstall", *checkout], check=True, timeout=900)
     return 0
 
 

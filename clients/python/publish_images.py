@@ -12,8 +12,8 @@ What a production client should copy from it:
 - gRPC's own retries (a service config) for UNAVAILABLE, safe because of that key;
 - for many tasks, PublishStream: results come as confirms arrive, matched by index.
 
-It needs grpcio and the generated stubs: `pip install .` of the gateway's repository puts
-`images`, `videos` and `taskgateway` on the path; other languages generate them from proto/.
+It needs grpcio and the contracts package: `pip install ./src/generated` from the gateway's
+repository installs `taskgateway_api` (the stubs alone); other languages generate them from proto/.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import any_pb2
-from images.v1 import images_pb2, images_pb2_grpc
-from taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
+from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
+from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 # Retry UNAVAILABLE (broker away, gateway restarting) with backoff; every task carries an
 # idempotency key, so a retry never makes a second task.

@@ -15,16 +15,16 @@ import textwrap
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+import taskgateway_api
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError
-from taskgateway.v1 import gateway_pb2
 
 from gateway.errors import ConfigError
 
 __all__ = ["DESCRIPTOR_SET", "Comments"]
 
-DESCRIPTOR_SET = Path(gateway_pb2.__file__).with_name("contracts.binpb")
-"""The descriptor set with source info that `make generate` writes beside the generated code."""
+DESCRIPTOR_SET = Path(taskgateway_api.__file__).with_name("contracts.binpb")
+"""The descriptor set with source info that `make generate` writes into the contracts package."""
 
 # Field numbers of descriptor.proto that SourceCodeInfo paths are made of.
 _FILE_MESSAGE = descriptor_pb2.FileDescriptorProto.MESSAGE_TYPE_FIELD_NUMBER

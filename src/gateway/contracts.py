@@ -7,9 +7,9 @@ from these files' descriptors. A new domain (a new .proto file) adds its module 
 from __future__ import annotations
 
 from google.protobuf.descriptor import FileDescriptor
-from images.v1 import images_pb2
-from taskgateway.v1 import gateway_pb2
-from videos.v1 import videos_pb2
+from taskgateway_api.images.v1 import images_pb2
+from taskgateway_api.taskgateway.v1 import gateway_pb2
+from taskgateway_api.videos.v1 import videos_pb2
 
 __all__ = ["CONTRACT_FILES", "GATEWAY_SERVICE"]
 

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import message_factory, struct_pb2
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
-from taskgateway.v1 import gateway_pb2
+from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from gateway.contracts import GATEWAY_SERVICE
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument

@@ -13,7 +13,7 @@ from typing import Any
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor, MethodDescriptor
 from google.protobuf.message import Message
-from taskgateway.v1 import options_pb2
+from taskgateway_api.taskgateway.v1 import options_pb2
 
 from gateway.config import RouteSettings
 from gateway.errors import Code, ConfigError, FieldViolation, GatewayError

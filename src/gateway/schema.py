@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
-from taskgateway.v1 import options_pb2
+from taskgateway_api.taskgateway.v1 import options_pb2
 
 from gateway.comments import Comments
 

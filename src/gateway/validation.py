@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from taskgateway.v1 import options_pb2
+from taskgateway_api.taskgateway.v1 import options_pb2
 
 from gateway.errors import FieldViolation
 

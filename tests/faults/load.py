@@ -24,8 +24,8 @@ import aiohttp
 import grpc
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from images.v1 import images_pb2, images_pb2_grpc
-from taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
+from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
+from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from gateway.tasks import new_task_id
 

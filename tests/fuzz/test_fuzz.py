@@ -13,8 +13,8 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from images.v1 import images_pb2
-from taskgateway.v1 import gateway_pb2
+from taskgateway_api.images.v1 import images_pb2
+from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from tests.fuzz.conftest import FuzzTarget
 

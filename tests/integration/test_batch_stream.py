@@ -10,9 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 from google.protobuf import any_pb2, json_format
-from images.v1 import images_pb2
-from taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
-from videos.v1 import videos_pb2
+from taskgateway_api.images.v1 import images_pb2
+from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
+from taskgateway_api.videos.v1 import videos_pb2
 
 from tests.conftest import make_settings
 from tests.integration.conftest import Topology, wait_connected

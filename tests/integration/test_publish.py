@@ -13,9 +13,9 @@ import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from images.v1 import images_pb2, images_pb2_grpc
-from taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
-from videos.v1 import videos_pb2, videos_pb2_grpc
+from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
+from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
+from taskgateway_api.videos.v1 import videos_pb2, videos_pb2_grpc
 
 from gateway.config import RouteSettings
 from tests.conftest import make_settings, replace_settings

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 from google.protobuf import json_format
-from images.v1 import images_pb2, images_pb2_grpc
-from taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
+from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
+from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from tests.conftest import make_settings, replace_settings
 from tests.integration.conftest import Topology, wait_connected

@@ -9,7 +9,7 @@ import grpc
 import pytest
 import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from images.v1 import images_pb2, images_pb2_grpc
+from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 
 from gateway.broker import Broker, Envelope
 from gateway.broker.memory import Definitions, MemoryBroker
@@ -116,7 +116,7 @@ async def test_unexpected_error_is_internal_without_details(start_gateway: Any) 
 
 async def test_route_to_missing_exchange_is_failed_precondition(start_gateway: Any) -> None:
     """A configured route whose exchange the broker lacks is FAILED_PRECONDITION naming it."""
-    from taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
+    from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
     settings = make_settings(
         routes=(
@@ -185,7 +185,7 @@ async def test_each_request_is_logged_once_without_payload(start_gateway: Any) -
 
 async def test_stream_stops_reading_while_its_window_is_full(start_gateway: Any) -> None:
     """With every confirm held, a stream reads no more than grpc.stream_window tasks."""
-    from taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
+    from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
     broker = HeldBroker()
     settings = replace_settings(make_settings(), "grpc", stream_window=4)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from images.v1 import images_pb2
+from taskgateway_api.images.v1 import images_pb2
 
 from gateway.broker import Broker, Envelope
 from gateway.broker.memory import Definitions, MemoryBroker

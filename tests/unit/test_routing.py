@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from images.v1 import images_pb2
-from videos.v1 import videos_pb2
+from taskgateway_api.images.v1 import images_pb2
+from taskgateway_api.videos.v1 import videos_pb2
 
 from gateway.config import RouteSettings
 from gateway.contracts import CONTRACT_FILES

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor
-from images.v1 import images_pb2
 from jsonschema import Draft202012Validator
-from taskgateway.v1 import gateway_pb2
+from taskgateway_api.images.v1 import images_pb2
+from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from gateway.comments import Comments
 from gateway.contracts import CONTRACT_FILES

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from images.v1 import images_pb2
+from taskgateway_api.images.v1 import images_pb2
 
 from gateway.errors import FieldViolation
 from gateway.validation import check_idempotency_key, check_payload, check_user_id

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from taskgateway.v1 import gateway_pb2 as taskgateway_dot_v1_dot_gateway__pb2
+from taskgateway_api.taskgateway.v1 import gateway_pb2 as taskgateway_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

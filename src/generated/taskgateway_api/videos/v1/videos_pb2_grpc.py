@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from videos.v1 import videos_pb2 as videos_dot_v1_dot_videos__pb2
+from taskgateway_api.videos.v1 import videos_pb2 as videos_dot_v1_dot_videos__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

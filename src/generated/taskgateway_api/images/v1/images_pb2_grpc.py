@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from images.v1 import images_pb2 as images_dot_v1_dot_images__pb2
+from taskgateway_api.images.v1 import images_pb2 as images_dot_v1_dot_images__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

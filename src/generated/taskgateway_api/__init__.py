@@ -1,0 +1,1 @@
+"""The Task Gateway's contracts, generated from proto/ by src/generated/generate.py."""
