@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
+from gateway.app.server import Gateway
 from gateway.broker import Broker
 from gateway.config import BrokerSettings, GrpcSettings, HttpSettings, Settings
-from gateway.server import Gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"

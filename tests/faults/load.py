@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from gateway.tasks import new_task_id
+from gateway.core.tasks import new_task_id
 
 __all__ = ["KINDS", "Answer", "HealthWatch", "Kind", "LoadDriver"]
 

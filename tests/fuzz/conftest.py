@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from gateway.app.server import Gateway
 from gateway.broker.memory import Definitions, MemoryBroker
-from gateway.server import Gateway
 from tests.conftest import DEFINITIONS, make_settings
 
 

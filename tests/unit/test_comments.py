@@ -1,4 +1,4 @@
-"""gateway.comments: proto comments by element full name, from a descriptor set with source info."""
+"""gateway.contracts.comments: proto comments by full name, from a descriptor set."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.comments import Comments
-from gateway.contracts import CONTRACT_FILES
+from gateway.contracts.comments import Comments
+from gateway.contracts.files import CONTRACT_FILES
 from gateway.errors import ConfigError
 from tests.unit.protos import compile_proto
 

@@ -1,4 +1,4 @@
-"""gateway.http_rules: REST routes read from the `google.api.http` annotations."""
+"""gateway.contracts.http_rules: REST routes read from the `google.api.http` annotations."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format
 from google.protobuf.descriptor import FileDescriptor
 
-from gateway.contracts import CONTRACT_FILES
+from gateway.contracts.files import CONTRACT_FILES
+from gateway.contracts.http_rules import HttpRule, http_rules
 from gateway.errors import ConfigError
-from gateway.http_rules import HttpRule, http_rules
 
 _Field = descriptor_pb2.FieldDescriptorProto
 

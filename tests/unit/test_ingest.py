@@ -12,10 +12,10 @@ from taskgateway_api.images.v1 import images_pb2
 from gateway.broker import Broker, Envelope
 from gateway.broker.memory import Definitions, MemoryBroker
 from gateway.config import RouteSettings
-from gateway.contracts import CONTRACT_FILES
+from gateway.contracts.files import CONTRACT_FILES
+from gateway.contracts.routing import build_route_table
+from gateway.core.ingest import Ingestor, TaskRequest
 from gateway.errors import Code, GatewayError
-from gateway.ingest import Ingestor, TaskRequest
-from gateway.routing import build_route_table
 
 DEFINITIONS = Path(__file__).parents[2] / "deploy/rabbitmq/definitions.json"
 

@@ -1,4 +1,4 @@
-"""gateway.openapi: the OpenAPI 3.1 document generated from the contracts."""
+"""gateway.contracts.openapi: the OpenAPI 3.1 document generated from the contracts."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format
 from openapi_spec_validator import validate
 
-from gateway.comments import Comments
-from gateway.contracts import CONTRACT_FILES
+from gateway.contracts.comments import Comments
+from gateway.contracts.files import CONTRACT_FILES
+from gateway.contracts.http_rules import HttpRule, http_rules
+from gateway.contracts.openapi import openapi_document
+from gateway.contracts.routing import RouteTable, build_route_table
 from gateway.errors import ConfigError
-from gateway.http_rules import HttpRule, http_rules
 from gateway.http_status import HTTP_STATUS
-from gateway.openapi import openapi_document
-from gateway.routing import RouteTable, build_route_table
 
 # Every error status the gateway and its shim can answer with.
 ERROR_STATUSES = {"400", "401", "403", "404", "405", "409", "413", "415", "429", "499", "500"}

@@ -1,4 +1,4 @@
-"""gateway.routing: the route table built from the contracts and the configured routes."""
+"""gateway.contracts.routing: the route table built from the contracts and the configured routes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from taskgateway_api.images.v1 import images_pb2
 from taskgateway_api.videos.v1 import videos_pb2
 
 from gateway.config import RouteSettings
-from gateway.contracts import CONTRACT_FILES
+from gateway.contracts.files import CONTRACT_FILES
+from gateway.contracts.routing import RouteTable, build_route_table
 from gateway.errors import Code, ConfigError, GatewayError
-from gateway.routing import RouteTable, build_route_table
 
 TYPED = {
     "images.generate": ("images.tasks", "image-generation", images_pb2.GeneratePayload),

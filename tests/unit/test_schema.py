@@ -1,4 +1,4 @@
-"""gateway.schema: JSON Schema of messages as their proto3 JSON mapping carries them."""
+"""gateway.contracts.schema: JSON Schema of messages as their proto3 JSON mapping carries them."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from jsonschema import Draft202012Validator
 from taskgateway_api.images.v1 import images_pb2
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
-from gateway.comments import Comments
-from gateway.contracts import CONTRACT_FILES
-from gateway.schema import component_schemas, message_schema
+from gateway.contracts.comments import Comments
+from gateway.contracts.files import CONTRACT_FILES
+from gateway.contracts.schema import component_schemas, message_schema
 from tests.unit.protos import compile_proto
 
 LEGACY_EXAMPLE = {

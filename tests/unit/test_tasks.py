@@ -1,11 +1,11 @@
-"""gateway.tasks: task ids, task keys and the legacy message body."""
+"""gateway.core.tasks: task ids, task keys and the legacy message body."""
 
 from __future__ import annotations
 
 import json
 import uuid
 
-from gateway.tasks import TASK_ID_NAMESPACE, message_body, new_task_id, task_key
+from gateway.core.tasks import TASK_ID_NAMESPACE, message_body, new_task_id, task_key
 
 
 def test_task_id_without_key_is_a_random_uuid4() -> None:

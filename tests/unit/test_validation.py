@@ -1,12 +1,12 @@
-"""gateway.validation: user ids, idempotency keys and payload field rules."""
+"""gateway.contracts.validation: user ids, idempotency keys and payload field rules."""
 
 from __future__ import annotations
 
 import pytest
 from taskgateway_api.images.v1 import images_pb2
 
+from gateway.contracts.validation import check_idempotency_key, check_payload, check_user_id
 from gateway.errors import FieldViolation
-from gateway.validation import check_idempotency_key, check_payload, check_user_id
 
 
 def valid_payload(**fields: object) -> images_pb2.GeneratePayload:

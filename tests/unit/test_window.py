@@ -9,9 +9,9 @@ import pytest
 import structlog
 
 from gateway.broker.memory import MemoryBroker
+from gateway.core.ingest import Accepted, Ingestor, TaskRequest
+from gateway.core.window import Outcome, PublishWindow
 from gateway.errors import Code, GatewayError
-from gateway.ingest import Accepted, Ingestor, TaskRequest
-from gateway.window import Outcome, PublishWindow
 from tests.unit.test_ingest import GENERATE, GatedBroker, definitions, ingestor
 
 TASK = TaskRequest("alice", "images.generate", GENERATE)

@@ -51,7 +51,7 @@ def run_workers(settings: Settings, count: int) -> int:
             os._exit(_forked_worker(settings, parent))
         pids.append(pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-    from gateway.server import serve_main
+    from gateway.app.server import serve_main
 
     return serve_main(settings, reuse_port=True, siblings=Siblings(pids))
 
@@ -115,7 +115,7 @@ def _forked_worker(settings: Settings, parent: int) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     code = 1
     try:
-        from gateway.server import serve_main
+        from gateway.app.server import serve_main
 
         code = serve_main(settings, reuse_port=True)
     except KeyboardInterrupt:

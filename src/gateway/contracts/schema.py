@@ -23,7 +23,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from taskgateway_api.taskgateway.v1 import options_pb2
 
-from gateway.comments import Comments
+from gateway.contracts.comments import Comments
 
 if TYPE_CHECKING:
     # types-protobuf types `Message.DESCRIPTOR` as either this or descriptor.Descriptor; the

@@ -19,12 +19,12 @@ from typing import Any, cast
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.rpc import status_pb2
 
-from gateway.comments import Comments
+from gateway.contracts.comments import Comments
+from gateway.contracts.http_rules import HttpRule
+from gateway.contracts.routing import Route, RouteTable
+from gateway.contracts.schema import COMPONENTS_REF_PREFIX, SchemaBuilder
+from gateway.contracts.validation import request_field_schemas
 from gateway.errors import ConfigError
-from gateway.http_rules import HttpRule
-from gateway.routing import Route, RouteTable
-from gateway.schema import COMPONENTS_REF_PREFIX, SchemaBuilder
-from gateway.validation import request_field_schemas
 
 __all__ = ["ERROR_RESPONSES", "OPENAPI_VERSION", "openapi_document"]
 

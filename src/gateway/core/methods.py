@@ -19,12 +19,12 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
-from gateway.contracts import GATEWAY_SERVICE
+from gateway.contracts.files import GATEWAY_SERVICE
+from gateway.contracts.routing import Route
+from gateway.core.ingest import Accepted, Ingestor, TaskRequest
+from gateway.core.status import to_status_proto
+from gateway.core.window import Outcome, PublishWindow
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
-from gateway.ingest import Accepted, Ingestor, TaskRequest
-from gateway.routing import Route
-from gateway.status import to_status_proto
-from gateway.window import Outcome, PublishWindow
 
 __all__ = ["CallContext", "Method", "Methods", "struct_to_python"]
 

@@ -16,9 +16,9 @@ import structlog
 from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
 
+from gateway.core.methods import CallContext, Method, Methods
+from gateway.core.status import to_status_proto
 from gateway.errors import Code, GatewayError
-from gateway.methods import CallContext, Method, Methods
-from gateway.status import to_status_proto
 
 __all__ = ["generic_handlers"]
 

@@ -24,12 +24,12 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from gateway.contracts.http_rules import HttpRule
+from gateway.contracts.jsonmapping import parse_json_object
+from gateway.core.methods import CallContext, Method, Methods
+from gateway.core.status import to_status_proto
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
-from gateway.http_rules import HttpRule
 from gateway.http_status import HTTP_STATUS
-from gateway.jsonmapping import parse_json_object
-from gateway.methods import CallContext, Method, Methods
-from gateway.status import to_status_proto
 
 __all__ = ["HttpShim"]
 

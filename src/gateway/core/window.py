@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from gateway.core.ingest import Accepted, Ingestor, Publication, TaskRequest, deadline_exceeded
 from gateway.errors import GatewayError
-from gateway.ingest import Accepted, Ingestor, Publication, TaskRequest, deadline_exceeded
 
 __all__ = ["Outcome", "PublishWindow"]
 

@@ -19,23 +19,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway import __version__
+from gateway.app.log import configure_logging_for
+from gateway.app.workers import Siblings
 from gateway.broker import Broker
 from gateway.broker.memory import Definitions, MemoryBroker
 from gateway.broker.rabbit import RabbitBroker
-from gateway.comments import Comments
 from gateway.config import Settings
-from gateway.contracts import CONTRACT_FILES
+from gateway.contracts.comments import Comments
+from gateway.contracts.files import CONTRACT_FILES
+from gateway.contracts.http_rules import http_rules
+from gateway.contracts.openapi import openapi_document
+from gateway.contracts.routing import RouteTable, build_route_table
+from gateway.contracts.schema import message_schema
+from gateway.core.ingest import Ingestor
+from gateway.core.methods import Methods
 from gateway.errors import ConfigError, GatewayError
-from gateway.grpc_service import generic_handlers
-from gateway.http_rules import http_rules
-from gateway.http_shim import HttpShim
-from gateway.ingest import Ingestor
-from gateway.log import configure_logging_for
-from gateway.methods import Methods
-from gateway.openapi import openapi_document
-from gateway.routing import RouteTable, build_route_table
-from gateway.schema import message_schema
-from gateway.workers import Siblings
+from gateway.transport.grpc_service import generic_handlers
+from gateway.transport.http_shim import HttpShim
 
 __all__ = ["Gateway", "make_broker", "serve", "serve_main"]
 
@@ -278,7 +278,7 @@ def serve_main(
 ) -> int:
     """`python -m gateway`, or one of its workers (`reuse_port`); the exit code.
 
-    `siblings`: the workers this one forked (gateway.workers), to watch and stop with it.
+    `siblings`: the workers this one forked (gateway.app.workers), to watch and stop with it.
     """
     configure_logging_for(settings)
     if not settings.broker_urls:

@@ -2,7 +2,7 @@
 
 gRPC (typed RPCs, Publish, batches and streams) and the REST shim all go through
 `Ingestor.publish`, so validation, limits and the one log line per task are the same whatever
-the client spoke. `Ingestor.submit` waits for one task; `gateway.window` for many at once.
+the client spoke. `Ingestor.submit` waits for one task; `gateway.core.window` for many at once.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import structlog
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from gateway import tasks, validation
 from gateway.broker import Broker, Envelope
+from gateway.contracts import validation
+from gateway.contracts.jsonmapping import parse_json_object
+from gateway.contracts.routing import Route, RouteTable
+from gateway.core import tasks
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
-from gateway.jsonmapping import parse_json_object
-from gateway.routing import Route, RouteTable
 
 __all__ = ["Accepted", "Ingestor", "Publication", "TaskRequest"]
 

@@ -1,0 +1,1 @@
+"""The transports: gRPC and the HTTP shim. The only modules that import grpc's server or aiohttp."""
