@@ -1,9 +1,14 @@
-"""The gateway's error model, free of any transport.
+"""The gateway's error model, free of any transport, and the one table of status codes.
 
 `GatewayError` is the *expected* error: something about a request, the broker or the
 configuration that the caller should hear about, with a status code mirroring gRPC's.
-Each transport maps it with one table (gRPC codes as they are; HTTP in the shim).
-Anything else that escapes a handler is unexpected and answered as INTERNAL.
+Anything else that escapes a method is unexpected and answered as INTERNAL.
+
+`STATUS` holds every fact about a code in one row: its HTTP status in the REST shim (the
+table grpc-gateway and Envoy's transcoder share), the level of the log line of a call or
+task that ends with it, whether a client may retry, and what the gateway means by it (the
+OpenAPI document's error responses are made of these lines). The gRPC mapping is the code
+itself. Adding a code the gateway answers with is one row.
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "HTTP_ONLY_STATUS",
+    "STATUS",
     "Code",
     "ConfigError",
     "FieldViolation",
     "GatewayError",
+    "Retry",
+    "StatusRow",
     "exchange_not_found",
     "invalid_argument",
     "unroutable",
@@ -43,6 +52,134 @@ class Code(enum.IntEnum):
     UNAVAILABLE = 14
     DATA_LOSS = 15
     UNAUTHENTICATED = 16
+
+    @property
+    def row(self) -> StatusRow:
+        return STATUS[self]
+
+
+class Retry(enum.Enum):
+    """What a client should do with an answer of this code."""
+
+    NO = "fix the request (or the broker's definitions); the same request fails the same way"
+    SAME_KEY = "the outcome may be unknown: retry with the same idempotency_key"
+    LATER = "nothing was published: retry later, with backoff"
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """Everything about one status code, for every transport."""
+
+    http_status: int
+    """The REST shim's HTTP status (grpc-gateway's runtime.HTTPStatusFromCode)."""
+    log_level: str
+    """The level of the one log line of a call or task that ends with this code: the client's
+    mistakes are routine (info), the broker's trouble is the operator's (warning), the
+    gateway's own faults are errors."""
+    retry: Retry
+    doc: str = ""
+    """When the gateway answers with this code, for API documentation; empty when it never does."""
+
+
+STATUS: dict[Code, StatusRow] = {
+    Code.OK: StatusRow(200, "info", Retry.NO),
+    Code.CANCELLED: StatusRow(
+        499,
+        "info",
+        Retry.SAME_KEY,
+        "CANCELLED: the client went away before the answer. A publish already under way is "
+        "finished in the background: retry with the same idempotency_key.",
+    ),
+    Code.UNKNOWN: StatusRow(500, "error", Retry.NO),
+    Code.INVALID_ARGUMENT: StatusRow(
+        400,
+        "info",
+        Retry.NO,
+        "INVALID_ARGUMENT: malformed JSON, a wrong field type, an unknown field or a failed "
+        "field rule (a google.rpc.BadRequest detail names each field); an unknown task_type "
+        "(the message lists the known ones); a user_id that is empty, over 128 characters or "
+        "contains ':' or control characters; an idempotency_key over 256 characters. Nothing "
+        "was published: fix the request.",
+    ),
+    Code.DEADLINE_EXCEEDED: StatusRow(
+        504,
+        "warning",
+        Retry.SAME_KEY,
+        "DEADLINE_EXCEEDED: no confirm from the broker before the deadline (Grpc-Timeout, or "
+        "the gateway's cap). The outcome is unknown: the task may have been published. Retry "
+        "with the same idempotency_key to get the same task key.",
+    ),
+    Code.NOT_FOUND: StatusRow(
+        404,
+        "info",
+        Retry.NO,
+        "NOT_FOUND: the method found nothing by that name, e.g. an unknown task type for the "
+        "schema route.",
+    ),
+    Code.ALREADY_EXISTS: StatusRow(409, "info", Retry.NO),
+    Code.PERMISSION_DENIED: StatusRow(
+        403, "info", Retry.NO, "PERMISSION_DENIED: the caller may not make this call."
+    ),
+    Code.RESOURCE_EXHAUSTED: StatusRow(
+        429,
+        "warning",
+        Retry.LATER,
+        "RESOURCE_EXHAUSTED: the cap on publishes awaiting a confirm is reached, or the broker "
+        "is blocking publishers (memory or disk alarm). Nothing was published: retry later, "
+        "with backoff.",
+    ),
+    Code.FAILED_PRECONDITION: StatusRow(
+        400,
+        "info",
+        Retry.NO,
+        "FAILED_PRECONDITION: the route's exchange does not exist on the broker, or the broker "
+        "returned the message as unroutable (the message names exchange and routing key). "
+        "Nothing was published: fix the broker's definitions.",
+    ),
+    Code.ABORTED: StatusRow(409, "info", Retry.NO, "ABORTED or ALREADY_EXISTS."),
+    Code.OUT_OF_RANGE: StatusRow(400, "info", Retry.NO),
+    Code.UNIMPLEMENTED: StatusRow(
+        501, "info", Retry.NO, "UNIMPLEMENTED: the gateway does not serve this method."
+    ),
+    Code.INTERNAL: StatusRow(
+        500,
+        "error",
+        Retry.NO,
+        "INTERNAL: something unexpected; the gateway logs it, the reply carries no internals.",
+    ),
+    Code.UNAVAILABLE: StatusRow(
+        503,
+        "warning",
+        Retry.SAME_KEY,
+        "UNAVAILABLE: the broker is down or the gateway is reconnecting to it, the broker "
+        "nacked the message, or the gateway is shutting down. Retry with the same "
+        "idempotency_key.",
+    ),
+    Code.DATA_LOSS: StatusRow(500, "error", Retry.NO),
+    Code.UNAUTHENTICATED: StatusRow(
+        401, "info", Retry.NO, "UNAUTHENTICATED: credentials are missing or bad."
+    ),
+}
+
+
+# Statuses of the REST shim's own HTTP layer, answered before any method runs: the code in
+# their google.rpc.Status body, and when the shim answers with them.
+HTTP_ONLY_STATUS: dict[int, tuple[Code, str]] = {
+    404: (Code.NOT_FOUND, "No route matches the path."),
+    405: (
+        Code.UNIMPLEMENTED,
+        "The path exists, but not for this HTTP method; the Allow header lists those it takes.",
+    ),
+    413: (
+        Code.RESOURCE_EXHAUSTED,
+        "The request is larger than the gateway's limit (grpc.max_request_bytes). Nothing was "
+        "published.",
+    ),
+    415: (
+        Code.INVALID_ARGUMENT,
+        "The request has a body whose Content-Type is not application/json.",
+    ),
+}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
@@ -24,7 +25,7 @@ from gateway.contracts.http_rules import HttpRule
 from gateway.contracts.routing import Route, RouteTable
 from gateway.contracts.schema import COMPONENTS_REF_PREFIX, SchemaBuilder
 from gateway.contracts.validation import request_field_schemas
-from gateway.errors import ConfigError
+from gateway.errors import HTTP_ONLY_STATUS, STATUS, ConfigError
 
 __all__ = ["ERROR_RESPONSES", "OPENAPI_VERSION", "openapi_document"]
 
@@ -61,70 +62,33 @@ Send an `idempotency_key` with every task you may retry: the task id is then der
 yields the same task key and downstream consumers can de-duplicate.
 """
 
-# HTTP status -> (components/responses name, when the gateway answers with it). The gRPC
-# codes behind each status are those of http_status.HTTP_STATUS.
-ERROR_RESPONSES: dict[int, tuple[str, str]] = {
-    400: (
-        "BadRequest",
-        "INVALID_ARGUMENT: malformed JSON, a wrong field type, an unknown field or a failed "
-        "field rule (a google.rpc.BadRequest detail names each field); an unknown task_type "
-        "(the message lists the known ones); a user_id that is empty, over 128 characters or "
-        "contains ':' or control characters; an idempotency_key over 256 characters. "
-        "FAILED_PRECONDITION: the route's exchange does not exist on the broker, or the broker "
-        "returned the message as unroutable (the message names exchange and routing key). "
-        "Nothing was published: fix the request or the broker's definitions.",
-    ),
-    401: ("Unauthenticated", "UNAUTHENTICATED: credentials are missing or bad."),
-    403: ("PermissionDenied", "PERMISSION_DENIED: the caller may not make this call."),
-    404: (
-        "NotFound",
-        "No route matches the path, or NOT_FOUND from the method: e.g. an unknown task type "
-        "for the schema route.",
-    ),
-    405: (
-        "MethodNotAllowed",
-        "The path exists, but not for this HTTP method; the Allow header lists those it takes.",
-    ),
-    409: ("Conflict", "ABORTED or ALREADY_EXISTS."),
-    413: (
-        "PayloadTooLarge",
-        "The request is larger than the gateway's limit (grpc.max_request_bytes). Nothing was "
-        "published.",
-    ),
-    415: (
-        "UnsupportedMediaType",
-        "The request has a body whose Content-Type is not application/json.",
-    ),
-    429: (
-        "TooManyRequests",
-        "RESOURCE_EXHAUSTED: the cap on publishes awaiting a confirm is reached, or the broker "
-        "is blocking publishers (memory or disk alarm). Nothing was published: retry later, "
-        "with backoff.",
-    ),
-    499: (
-        "ClientClosedRequest",
-        "CANCELLED: the client went away before the answer. A publish already under way is "
-        "finished in the background: retry with the same idempotency_key.",
-    ),
-    500: (
-        "InternalError",
-        "INTERNAL (or UNKNOWN, DATA_LOSS): something unexpected; the gateway logs it, the reply "
-        "carries no internals.",
-    ),
-    501: ("NotImplemented", "UNIMPLEMENTED: the gateway does not serve this method."),
-    503: (
-        "Unavailable",
-        "UNAVAILABLE: the broker is down or the gateway is reconnecting to it, the broker "
-        "nacked the message, or the gateway is shutting down. Retry with the same "
-        "idempotency_key.",
-    ),
-    504: (
-        "GatewayTimeout",
-        "DEADLINE_EXCEEDED: no confirm from the broker before the deadline (Grpc-Timeout, or "
-        "the gateway's cap). The outcome is unknown: the task may have been published. Retry "
-        "with the same idempotency_key to get the same task key.",
-    ),
-}
+
+def _error_responses() -> dict[int, tuple[str, str]]:
+    """HTTP status -> (its components/responses name, when the gateway answers with it).
+
+    Read from the one status table: every code the gateway documents, grouped by the HTTP
+    status the shim gives it, then the statuses of the shim's own HTTP layer.
+    """
+    lines: dict[int, list[str]] = {}
+    for row in STATUS.values():
+        if row.doc:
+            lines.setdefault(row.http_status, []).append(row.doc)
+    for status, (_, doc) in HTTP_ONLY_STATUS.items():
+        lines.setdefault(status, []).insert(0, doc)
+    return {
+        status: (_response_name(status), " ".join(lines[status]))
+        for status in sorted(lines)
+        if status >= 400
+    }
+
+
+def _response_name(status: int) -> str:
+    if status == 499:  # nginx's, which grpc-gateway uses for CANCELLED; not in the RFCs
+        return "ClientClosedRequest"
+    return "".join(word.capitalize() for word in HTTPStatus(status).phrase.split())
+
+
+ERROR_RESPONSES = _error_responses()
 
 # Grpc-Timeout is described in the document's text rather than as a parameter: a deadline
 # too short to meet is the caller's choice, and a generated client or fuzzer that sends one

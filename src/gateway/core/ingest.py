@@ -289,18 +289,9 @@ def _render_payload(
     return json_format.MessageToDict(message, preserving_proto_field_name=True), []
 
 
-# The client's mistakes are routine (info); the broker's trouble is the operator's (warning).
-_LOG_LEVELS = {
-    Code.UNAVAILABLE: "warning",
-    Code.DEADLINE_EXCEEDED: "warning",
-    Code.RESOURCE_EXHAUSTED: "warning",
-    Code.INTERNAL: "error",
-}
-
-
 def _log_outcome(started: float, fields: dict[str, Any], code: Code, **extra: Any) -> None:
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    getattr(log, _LOG_LEVELS.get(code, "info"))(
+    getattr(log, code.row.log_level)(
         "task published" if code is Code.OK else "task not published",
         code=code.name,
         latency_ms=latency_ms,

@@ -4,7 +4,7 @@ Routes come from the `google.api.http` annotations (`http_rules`), so an annotat
 its REST route with no change here. A request body is parsed with protobuf's JSON mapping
 (proto and lowerCamel names), path variables are bound to request fields, headers become
 call metadata, and the method that serves gRPC answers. Errors are `google.rpc.Status` JSON
-with the HTTP status of `http_status.HTTP_STATUS`.
+with the HTTP status of the one status table (`gateway.errors.STATUS`).
 
 It runs on aiohttp, in the gateway's own process and event loop: a mature asyncio HTTP/1.1
 server that shares yarl/multidict with aio-pika and can bind with SO_REUSEPORT.
@@ -28,8 +28,7 @@ from gateway.contracts.http_rules import HttpRule
 from gateway.contracts.jsonmapping import parse_json_object
 from gateway.core.methods import CallContext, Method, Methods
 from gateway.core.status import to_status_proto
-from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
-from gateway.http_status import HTTP_STATUS
+from gateway.errors import HTTP_ONLY_STATUS, Code, FieldViolation, GatewayError, invalid_argument
 
 __all__ = ["HttpShim"]
 
@@ -189,19 +188,16 @@ class HttpShim:
         if allowed:
             raise _HttpError(
                 405,
-                Code.UNIMPLEMENTED,
                 f"method {request.method} is not allowed on {path}; use {', '.join(allowed)}",
                 headers={"Allow": ", ".join(allowed)},
             )
-        raise _HttpError(404, Code.NOT_FOUND, f"no route for {request.method} {path}")
+        raise _HttpError(404, f"no route for {request.method} {path}")
 
     async def _body(self, request: web.Request) -> Any:
         media_type = request.content_type
         if media_type != "application/json" and not media_type.endswith("+json"):
             sent = request.headers.get("Content-Type", "none")
-            raise _HttpError(
-                415, Code.INVALID_ARGUMENT, f"Content-Type must be application/json, got {sent!r}"
-            )
+            raise _HttpError(415, f"Content-Type must be application/json, got {sent!r}")
         length = request.content_length
         if length is not None and length > self._max_request_bytes:
             raise _too_large(length, self._max_request_bytes)
@@ -215,10 +211,8 @@ class HttpShim:
 class _HttpError(GatewayError):
     """An error of the HTTP layer itself (routing, media type, size) with its own HTTP status."""
 
-    def __init__(
-        self, status: int, code: Code, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(code, message)
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(HTTP_ONLY_STATUS[status][0], message)
         self.status = status
         self.headers = dict(headers or {})
 
@@ -227,7 +221,6 @@ def _too_large(size: int | None, limit: int) -> _HttpError:
     got = f"{size} bytes" if size is not None else "more"
     return _HttpError(
         413,
-        Code.RESOURCE_EXHAUSTED,
         f"request body is {got}, over the limit of {limit} bytes (grpc.max_request_bytes)",
     )
 
@@ -333,7 +326,7 @@ def _integral_floats_as_ints(value: Any) -> Any:
 
 
 def _error_response(error: GatewayError) -> web.Response:
-    status = error.status if isinstance(error, _HttpError) else HTTP_STATUS[error.code]
+    status = error.status if isinstance(error, _HttpError) else error.code.row.http_status
     body = json_format.MessageToDict(to_status_proto(error), preserving_proto_field_name=True)
     body.setdefault("details", [])
     return web.Response(
