@@ -88,7 +88,7 @@ def _typed_calls() -> list[tuple[str, Any, Any, str, dict[str, Any]]]:
 def _assert_legacy_message(
     message: Any, task_key: str, user_id: str, task_type: str, payload: dict[str, Any]
 ) -> None:
-    """The body is the legacy PublishMessage and the properties are DESIGN §3's."""
+    """The body is the legacy PublishMessage; the properties are those the README lists."""
     key_user, service, task_id = task_key.split(":")
     assert key_user == user_id
     assert service == (

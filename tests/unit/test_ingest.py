@@ -14,6 +14,7 @@ from gateway.broker.memory import Definitions, MemoryBroker
 from gateway.config import RouteSettings
 from gateway.contracts.files import CONTRACT_FILES
 from gateway.contracts.routing import build_route_table
+from gateway.core.context import CallContext
 from gateway.core.ingest import Ingestor, TaskRequest
 from gateway.errors import Code, GatewayError
 
@@ -94,11 +95,18 @@ def queued(broker: MemoryBroker) -> dict[str, list[Envelope]]:
     return {name: broker.messages(name) for name in broker.queues if broker.messages(name)}
 
 
+def call(timeout: float | None = None, **metadata: str) -> CallContext:
+    """A gRPC call that arrived now with `timeout` seconds to go, and the given metadata."""
+    return CallContext.start(
+        "grpc", method="/test/Call", peer="ipv4:127.0.0.1:1", timeout=timeout, metadata=metadata
+    )
+
+
 async def rejected(
     ingest: Ingestor, request: TaskRequest, timeout: float | None = None
 ) -> GatewayError:
     with pytest.raises(GatewayError) as caught:
-        await ingest.submit(request, timeout=timeout)
+        await ingest.submit(request, call(timeout))
     return caught.value
 
 
@@ -107,13 +115,14 @@ async def test_typed_and_json_payloads_publish_identical_bodies(broker: MemoryBr
     ingest = ingestor(broker)
     typed = images_pb2.GeneratePayload(model="m", prompt="猫", image_name="cat", width=512)
 
-    first = await ingest.submit(TaskRequest("alice", "images.generate", typed))
+    first = await ingest.submit(TaskRequest("alice", "images.generate", typed), call())
     second = await ingest.submit(
         TaskRequest(
             "alice",
             "images.generate",
             {"model": "m", "prompt": "猫", "image_name": "cat", "width": 512},
-        )
+        ),
+        call(),
     )
 
     bodies = [message.body for message in broker.messages("images.queue")]
@@ -137,7 +146,8 @@ async def test_lower_camel_json_key_is_accepted(broker: MemoryBroker) -> None:
     await ingest.submit(
         TaskRequest(
             "alice", "images.generate", {"model": "m", "prompt": "p", "imageName": "warrior"}
-        )
+        ),
+        call(),
     )
 
     (message,) = broker.messages("images.queue")
@@ -225,7 +235,7 @@ async def test_untyped_route_forwards_the_payload_untouched(broker: MemoryBroker
     payload = {"voiceName": "Ada", "nested": {"list": [1, 2.5, None, True]}, "text": "héllo"}
     ingest = ingestor(broker)
 
-    accepted = await ingest.submit(TaskRequest("alice", "audio.generate", payload))
+    accepted = await ingest.submit(TaskRequest("alice", "audio.generate", payload), call())
 
     (message,) = broker.messages("audio.queue")
     assert json.loads(message.body) == {
@@ -244,7 +254,7 @@ async def test_envelope_properties_and_headers(broker: MemoryBroker) -> None:
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
     accepted = await ingestor(broker).submit(
-        TaskRequest("alice", "images.generate", GENERATE), traceparent=traceparent
+        TaskRequest("alice", "images.generate", GENERATE), call(traceparent=traceparent)
     )
 
     (message,) = broker.messages("images.queue")
@@ -261,7 +271,9 @@ async def test_envelope_properties_and_headers(broker: MemoryBroker) -> None:
 
 async def test_no_traceparent_header_without_one(broker: MemoryBroker) -> None:
     """Without an incoming traceparent the headers carry only the task key."""
-    accepted = await ingestor(broker).submit(TaskRequest("alice", "images.generate", GENERATE))
+    accepted = await ingestor(broker).submit(
+        TaskRequest("alice", "images.generate", GENERATE), call()
+    )
 
     (message,) = broker.messages("images.queue")
     assert dict(message.headers) == {"task_key": accepted.task_key}
@@ -280,7 +292,9 @@ async def test_in_flight_cap_refuses_a_second_publish(broker: MemoryBroker) -> N
     """With max_in_flight=1 a second concurrent submit is RESOURCE_EXHAUSTED and not published."""
     gated = GatedBroker(broker)
     ingest = ingestor(gated, max_in_flight=1)
-    first = asyncio.create_task(ingest.submit(TaskRequest("alice", "images.generate", GENERATE)))
+    first = asyncio.create_task(
+        ingest.submit(TaskRequest("alice", "images.generate", GENERATE), call())
+    )
     await gated.started.wait()
 
     error = await rejected(ingest, TaskRequest("bob", "images.generate", GENERATE))
@@ -332,8 +346,8 @@ async def test_concurrent_idempotent_submits_share_one_publish(broker: MemoryBro
     gated = GatedBroker(broker)
     ingest = ingestor(gated)
     request = TaskRequest("alice", "images.generate", GENERATE, idempotency_key="retry-1")
-    first = asyncio.create_task(ingest.submit(request))
-    second = asyncio.create_task(ingest.submit(request))
+    first = asyncio.create_task(ingest.submit(request, call()))
+    second = asyncio.create_task(ingest.submit(request, call()))
     await gated.started.wait()
 
     assert ingest.in_flight == 1
@@ -350,8 +364,8 @@ async def test_sequential_idempotent_submits_get_the_same_task_key(broker: Memor
     ingest = ingestor(broker)
     request = TaskRequest("alice", "images.generate", GENERATE, idempotency_key="retry-1")
 
-    first = await ingest.submit(request)
-    second = await ingest.submit(request)
+    first = await ingest.submit(request, call())
+    second = await ingest.submit(request, call())
 
     assert first.task_key == second.task_key
     assert [m.message_id for m in broker.messages("images.queue")] == [first.task_id] * 2

@@ -12,7 +12,7 @@ from gateway.broker.memory import MemoryBroker
 from gateway.core.ingest import Accepted, Ingestor, TaskRequest
 from gateway.core.window import Outcome, PublishWindow
 from gateway.errors import Code, GatewayError
-from tests.unit.test_ingest import GENERATE, GatedBroker, definitions, ingestor
+from tests.unit.test_ingest import GENERATE, GatedBroker, call, definitions, ingestor
 
 TASK = TaskRequest("alice", "images.generate", GENERATE)
 
@@ -25,12 +25,7 @@ async def broker() -> MemoryBroker:
 
 
 def window(ingest: Ingestor, *, size: int = 10, remaining: float | None = None) -> PublishWindow:
-    return PublishWindow(
-        ingest,
-        size=size,
-        remaining=lambda: remaining,
-        traceparent=None,
-    )
+    return PublishWindow(ingest, call(remaining), size=size)
 
 
 async def test_outcomes_come_by_index_and_a_bad_entry_fails_alone(broker: MemoryBroker) -> None:

@@ -12,13 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 import structlog
-from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gateway import __version__
+from gateway.app.health import Health
 from gateway.app.log import configure_logging_for
 from gateway.app.workers import Siblings
 from gateway.broker import Broker
@@ -33,15 +30,14 @@ from gateway.contracts.routing import RouteTable, build_route_table
 from gateway.contracts.schema import message_schema
 from gateway.core.ingest import Ingestor
 from gateway.core.methods import Methods
-from gateway.errors import ConfigError, GatewayError
-from gateway.transport.grpc_service import generic_handlers
+from gateway.core.middleware import LogContext, Middleware
+from gateway.errors import ConfigError
+from gateway.transport.grpc_server import GrpcServer
 from gateway.transport.http_shim import HttpShim
 
 __all__ = ["Gateway", "make_broker", "serve", "serve_main"]
 
 log = structlog.get_logger(logger_name="gateway.server")
-
-_HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 # Time left, once every publish has settled, for handlers to write their answers.
 _ANSWER_GRACE_SECONDS = 1.0
@@ -79,8 +75,6 @@ class Gateway:
         self, settings: Settings, broker: Broker | None = None, *, reuse_port: bool = False
     ) -> None:
         self.settings = settings
-        # Set when several worker processes share the ports.
-        self.reuse_port = reuse_port
         self.routes = build_route_table(CONTRACT_FILES, settings.routes)
         self.broker = broker if broker is not None else make_broker(settings)
         self.ingestor = Ingestor(
@@ -95,98 +89,51 @@ class Gateway:
             self.ingestor,
             payload_schemas(self.routes, comments),
             window=settings.grpc.stream_window,
+            middlewares=middlewares(settings),
         )
+        self.health = Health(self.broker, self.routes)
+        self.grpc = GrpcServer(self.methods, settings.grpc, reuse_port=reuse_port)
         rules = http_rules(CONTRACT_FILES)
-        self.http_shim = HttpShim(
+        self.http = HttpShim(
             self.methods,
             rules,
             openapi=openapi_document(rules, comments, self.routes, version=__version__),
-            readiness=self.readiness,
+            readiness=self.health.readiness,
             max_request_bytes=settings.grpc.max_request_bytes,
         )
-        # `health.aio` is grpc's asyncio servicer; the package ships no type stubs for it.
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self._health_updates: set[asyncio.Task[None]] = set()
-        self._stopping = False
-        self.server: grpc.aio.Server | None = None
-        self.http_runner: web.AppRunner | None = None
+        # Set when several worker processes share the ports.
+        self._reuse_port = reuse_port
         self.grpc_port: int | None = None
         self.http_port: int | None = None
 
     async def start(self) -> None:
         """Start the broker connection and listen; does not wait for the broker to be reachable."""
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.settings.grpc.max_request_bytes),
-                ("grpc.so_reuseport", int(self.reuse_port)),
-            ]
-        )
-        self.server.add_generic_rpc_handlers(generic_handlers(self.methods))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [*self.methods.service_names, _HEALTH_SERVICE, reflection.SERVICE_NAME],
-            self.server,
-        )
-        grpc_address = self.settings.grpc.address
-        try:
-            self.grpc_port = self.server.add_insecure_port(grpc_address)
-        except RuntimeError as exc:
-            raise ConfigError(f"grpc.address: cannot listen on {grpc_address}: {exc}") from exc
-        self.broker.add_state_listener(self._on_broker_state)
+        self.health.watch(self.grpc.set_serving)
         await self.broker.start()
-        await self.server.start()
-        await self._start_http()
+        self.grpc_port = await self.grpc.start()
+        self.http_port = await self.http.start(
+            self.settings.server.address,
+            reuse_port=self._reuse_port,
+            answer_grace=_ANSWER_GRACE_SECONDS,
+        )
         log.info(
             "task gateway listening",
-            grpc=f"{grpc_address.rpartition(':')[0]}:{self.grpc_port}",
+            grpc=f"{self.settings.grpc.address.rpartition(':')[0]}:{self.grpc_port}",
             http=f"{self.settings.server.address.rpartition(':')[0]}:{self.http_port}",
             broker=self.broker.description,
             task_types=list(self.routes.task_types),
         )
 
-    async def _start_http(self) -> None:
-        host, _, port = self.settings.server.address.rpartition(":")
-        self.http_runner = web.AppRunner(
-            self.http_shim.application(),
-            access_log=None,  # every request is logged once, by the gateway itself
-            shutdown_timeout=_ANSWER_GRACE_SECONDS,
-        )
-        await self.http_runner.setup()
-        site = web.TCPSite(
-            self.http_runner, host.strip("[]"), int(port), reuse_port=self.reuse_port or None
-        )
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"server.address: cannot listen on {self.settings.server.address}: {exc.strerror}"
-            ) from exc
-        self.http_port = self.http_runner.addresses[0][1]
-
     async def readiness(self) -> str | None:
         """None when ready to publish (broker connected, every exchange present), else why not."""
-        if self._stopping:
-            return "shutting down"
-        if not self.broker.connected:
-            return f"not connected to {self.broker.description}"
-        try:
-            missing = [
-                exchange
-                for exchange in sorted({route.exchange for route in self.routes.values()})
-                if not await self.broker.exchange_exists(exchange)
-            ]
-        except GatewayError as error:
-            return error.message
-        if missing:
-            return f"exchanges missing on the broker: {', '.join(missing)}"
-        return None
+        return await self.health.readiness()
 
     async def begin_shutdown(self) -> None:
         """Refuse new tasks (UNAVAILABLE), report NOT_SERVING and not ready; calls go on."""
-        self._stopping = True
+        self.health.stopping = True
         # At once, whatever the transports still accept while they stop listening.
         self.ingestor.close()
-        await self.health.enter_graceful_shutdown()
+        await self.grpc.enter_graceful_shutdown()
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish, then disconnect."""
@@ -203,14 +150,9 @@ class Gateway:
             log.warning("publishes still unconfirmed at shutdown", count=unfinished)
         # Then stop listening, leaving the settled calls a moment to send their answers.
         answer_grace = min(_ANSWER_GRACE_SECONDS, max(0.0, deadline - loop.time()))
-        stopping = []
-        if self.server is not None:
-            stopping.append(self.server.stop(answer_grace))
-        if self.http_runner is not None:
-            stopping.append(self.http_runner.cleanup())
-        await asyncio.gather(*stopping)
+        await asyncio.gather(self.grpc.stop(answer_grace), self.http.stop())
         await self.broker.close()
-        await asyncio.gather(*self._health_updates, return_exceptions=True)
+        await self.health.settled()
         log.info("task gateway stopped")
 
     async def serve(self, siblings: Siblings | None = None) -> bool:
@@ -246,19 +188,10 @@ class Gateway:
                 await siblings.wait()
         return siblings is None or not siblings.failed
 
-    def _on_broker_state(self, connected: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if connected
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        update = asyncio.ensure_future(self._set_health(status))
-        self._health_updates.add(update)
-        update.add_done_callback(self._health_updates.discard)
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
-        for service in ("", *self.methods.service_names):
-            await self.health.set(service, status)
+def middlewares(settings: Settings) -> list[Middleware]:
+    """The middlewares every method goes through, the first outermost."""
+    return [LogContext()]
 
 
 def serve(

@@ -7,8 +7,9 @@ reach every worker through it; when one exits on its own it stops the others and
 exits non-zero; if it dies itself, Linux stops the others (PR_SET_PDEATHSIG). Restarting is
 the job of the orchestrator (systemd, Kubernetes), not of a home-made supervisor.
 
-No separate supervisor process: it would hold 15 MB for a loop around os.wait, where DESIGN
-section 9 counts every process of the gateway against 150 MB.
+No separate supervisor process: it would hold 15 MB for a loop around os.wait, where the
+memory target (docs/performance.md: the default workers together at most 150 MB) counts every
+process of the gateway.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from gateway.contracts import validation
 from gateway.contracts.jsonmapping import parse_json_object
 from gateway.contracts.routing import Route, RouteTable
 from gateway.core import tasks
+from gateway.core.context import CallContext, TraceContext
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
 
 __all__ = ["Accepted", "Ingestor", "Publication", "TaskRequest"]
@@ -129,20 +130,14 @@ class Ingestor:
         """How long to wait for a confirm: the caller's remaining deadline, within the cap."""
         return self._publish_timeout if remaining is None else min(remaining, self._publish_timeout)
 
-    async def submit(
-        self,
-        request: TaskRequest,
-        *,
-        timeout: float | None = None,
-        traceparent: str | None = None,
-    ) -> Accepted:
+    async def submit(self, request: TaskRequest, context: CallContext) -> Accepted:
         """Publish one task; return once the broker confirmed it, or raise GatewayError.
 
-        `timeout` is the caller's remaining deadline in seconds; the wait is also bounded by
-        the configured cap. Logs the outcome once.
+        The wait is bounded by the call's deadline and by the configured cap. Logs the
+        outcome once.
         """
-        publication = self.publish(request, traceparent)
-        limit = self.time_limit(timeout)
+        publication = self.publish(request, context)
+        limit = self.time_limit(context.remaining())
         if not publication.confirm.done():
             try:
                 # asyncio.wait never cancels what it waits for: a deadline or a cancelled call
@@ -159,7 +154,7 @@ class Ingestor:
             raise outcome
         return outcome
 
-    def publish(self, request: TaskRequest, traceparent: str | None = None) -> Publication:
+    def publish(self, request: TaskRequest, context: CallContext) -> Publication:
         """Check the task and start publishing it. Never raises: an error is the outcome."""
         started = time.perf_counter()
         fields: dict[str, Any] = {"task_type": request.task_type[:_LOGGED_TASK_TYPE_LENGTH]}
@@ -169,7 +164,7 @@ class Ingestor:
                 raise GatewayError(
                     Code.UNAVAILABLE, "the gateway is shutting down; retry on another instance"
                 )
-            accepted, envelope = self._prepare(request, traceparent)
+            accepted, envelope = self._prepare(request, context.trace)
             fields.update(task_key=accepted.task_key, exchange=envelope.exchange)
             confirm = self._start(accepted.task_id, envelope)
         except Exception as exc:  # a GatewayError, or a bug that settle reports as one
@@ -185,7 +180,9 @@ class Ingestor:
         _, still_pending = await asyncio.wait(pending, timeout=timeout)
         return len(still_pending)
 
-    def _prepare(self, request: TaskRequest, traceparent: str | None) -> tuple[Accepted, Envelope]:
+    def _prepare(
+        self, request: TaskRequest, trace: TraceContext | None
+    ) -> tuple[Accepted, Envelope]:
         route = self.routes.resolve(request.task_type)
         violations = validation.check_user_id(request.user_id)
         violations += validation.check_idempotency_key(request.idempotency_key)
@@ -196,8 +193,8 @@ class Ingestor:
         task_id = tasks.new_task_id(request.user_id, route.task_type, request.idempotency_key)
         task_key = tasks.task_key(request.user_id, route.service_name, task_id)
         headers = {"task_key": task_key}
-        if traceparent:
-            headers["traceparent"] = traceparent
+        if trace is not None:
+            headers["traceparent"] = trace.traceparent
         try:
             body = tasks.message_body(task_id, request.user_id, route.task_type, payload)
         except ValueError as exc:  # NaN/Infinity, or text that is not Unicode (lone surrogates)
@@ -242,7 +239,7 @@ class Ingestor:
 def deadline_exceeded(limit: float) -> GatewayError:
     return GatewayError(
         Code.DEADLINE_EXCEEDED,
-        f"no confirm from the broker within {limit:.3g}s: the outcome is unknown; "
+        f"no confirm from the broker within {round(limit, 2):g}s: the outcome is unknown; "
         "retry with the same idempotency_key to avoid a duplicate",
     )
 

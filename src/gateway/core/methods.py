@@ -9,72 +9,31 @@ batches and streams take typed requests as `google.protobuf.Any`, found the same
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import message_factory, struct_pb2
-from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from gateway.contracts.files import GATEWAY_SERVICE
 from gateway.contracts.routing import Route
+from gateway.core.context import CallContext
 from gateway.core.ingest import Accepted, Ingestor, TaskRequest
+from gateway.core.method import Method, UnaryHandler
+from gateway.core.middleware import Middleware, apply
 from gateway.core.status import to_status_proto
 from gateway.core.window import Outcome, PublishWindow
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
 
-__all__ = ["CallContext", "Method", "Methods", "struct_to_python"]
-
-
-@dataclass(frozen=True)
-class CallContext:
-    """What a transport knows about a call, besides its request message."""
-
-    transport: str
-    # time.monotonic() at the caller's deadline; None when it set none.
-    deadline: float | None = None
-    # Call metadata with lower-case names (traceparent, x-request-id, authorization, ...).
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def with_timeout(
-        cls, transport: str, timeout: float | None, metadata: Mapping[str, str]
-    ) -> CallContext:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return cls(transport, deadline, metadata)
-
-    def remaining(self) -> float | None:
-        """Seconds left before the deadline (0 when past it), or None without one."""
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-
-UnaryHandler = Callable[[Any, CallContext], Awaitable[Message]]
-StreamHandler = Callable[[AsyncIterator[Any], CallContext], AsyncIterator[Message]]
-
-
-@dataclass(frozen=True)
-class Method:
-    descriptor: MethodDescriptor
-    request_type: type[Message]
-    response_type: type[Message]
-    # A UnaryHandler, or a StreamHandler when the method streams both ways.
-    handler: Any
-
-    @property
-    def full_name(self) -> str:
-        """As gRPC names it on the wire: /package.Service/Method."""
-        return f"/{self.descriptor.containing_service.full_name}/{self.descriptor.name}"
-
-    @property
-    def streaming(self) -> bool:
-        return bool(self.descriptor.client_streaming)
+__all__ = ["Methods", "struct_to_python"]
 
 
 class Methods(Mapping[str, Method]):
-    """The gateway's methods by wire name (/images.v1.ImagesService/Generate)."""
+    """The gateway's methods by wire name (/images.v1.ImagesService/Generate).
+
+    Each is wrapped once by `middlewares` (gateway.core.middleware), the first outermost.
+    """
 
     def __init__(
         self,
@@ -82,6 +41,7 @@ class Methods(Mapping[str, Method]):
         payload_schemas: Mapping[str, dict[str, Any]],
         *,
         window: int,
+        middlewares: Sequence[Middleware] = (),
     ) -> None:
         self._ingestor = ingestor
         # JSON Schemas of the task types' payloads, computed once at start-up.
@@ -91,16 +51,16 @@ class Methods(Mapping[str, Method]):
         self._window = window
         typed = [(route, route.method) for route in ingestor.routes.values() if route.method]
         self._typed_by_request = {method.input_type.full_name: route for route, method in typed}
-        methods = [_method(method, self._typed(route)) for route, method in typed]
+        methods = [Method.of(method, self._typed(route)) for route, method in typed]
         service = GATEWAY_SERVICE.methods_by_name
         methods += [
-            _method(service["Publish"], self._publish),
-            _method(service["PublishBatch"], self._publish_batch),
-            _method(service["PublishStream"], self._publish_stream),
-            _method(service["ListTaskTypes"], self._list_task_types),
-            _method(service["GetTaskTypeSchema"], self._get_task_type_schema),
+            Method.of(service["Publish"], self._publish),
+            Method.of(service["PublishBatch"], self._publish_batch),
+            Method.of(service["PublishStream"], self._publish_stream),
+            Method.of(service["ListTaskTypes"], self._list_task_types),
+            Method.of(service["GetTaskTypeSchema"], self._get_task_type_schema),
         ]
-        self._methods = {method.full_name: method for method in methods}
+        self._methods = {method.full_name: apply(method, middlewares) for method in methods}
 
     def __getitem__(self, name: str) -> Method:
         return self._methods[name]
@@ -113,7 +73,7 @@ class Methods(Mapping[str, Method]):
 
     @property
     def service_names(self) -> list[str]:
-        return sorted({m.descriptor.containing_service.full_name for m in self._methods.values()})
+        return sorted({method.service for method in self._methods.values()})
 
     # --- one task -------------------------------------------------------------------------
 
@@ -135,9 +95,7 @@ class Methods(Mapping[str, Method]):
         )
 
     async def _submit(self, task: TaskRequest, context: CallContext) -> str:
-        accepted = await self._ingestor.submit(
-            task, timeout=context.remaining(), traceparent=context.metadata.get("traceparent")
-        )
+        accepted = await self._ingestor.submit(task, context)
         return accepted.task_key
 
     # --- many tasks -----------------------------------------------------------------------
@@ -192,12 +150,7 @@ class Methods(Mapping[str, Method]):
             window.close()
 
     def _open_window(self, context: CallContext) -> PublishWindow:
-        return PublishWindow(
-            self._ingestor,
-            size=self._window,
-            remaining=context.remaining,
-            traceparent=context.metadata.get("traceparent"),
-        )
+        return PublishWindow(self._ingestor, context, size=self._window)
 
     def _entry_task(self, entry: gateway_pb2.TaskEntry) -> TaskRequest | GatewayError:
         """The entry's task, or what is wrong with the entry (it fails alone)."""
@@ -283,15 +236,6 @@ def _catalog_entry(route: Route) -> gateway_pb2.TaskType:
         routing_key=route.routing_key,
         service_name=route.service_name,
         rpc=rpc,
-    )
-
-
-def _method(descriptor: MethodDescriptor, handler: Any) -> Method:
-    return Method(
-        descriptor=descriptor,
-        request_type=message_factory.GetMessageClass(descriptor.input_type),
-        response_type=message_factory.GetMessageClass(descriptor.output_type),
-        handler=handler,
     )
 
 

@@ -14,8 +14,8 @@ batches and streams (see docs/performance.md).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
+from gateway.core.context import CallContext
 from gateway.core.ingest import Accepted, Ingestor, Publication, TaskRequest, deadline_exceeded
 from gateway.errors import GatewayError
 
@@ -30,19 +30,10 @@ Outcome = tuple[int, Accepted | GatewayError]
 
 
 class PublishWindow:
-    def __init__(
-        self,
-        ingestor: Ingestor,
-        *,
-        size: int,
-        remaining: Callable[[], float | None],
-        traceparent: str | None,
-    ) -> None:
-        """`remaining` gives the seconds left before the call's deadline (None: no deadline)."""
+    def __init__(self, ingestor: Ingestor, context: CallContext, *, size: int) -> None:
         self._ingestor = ingestor
+        self._context = context
         self._size = size
-        self._remaining = remaining
-        self._traceparent = traceparent
         self._loop = asyncio.get_running_loop()
         # Publications awaiting their confirm, by index, with when their time runs out (loop
         # time) and how long they were given. In the order they were added, which is also the
@@ -70,11 +61,11 @@ class PublishWindow:
         if isinstance(task, GatewayError):
             self._record(index, task)
             return
-        publication = self._ingestor.publish(task, self._traceparent)
+        publication = self._ingestor.publish(task, self._context)
         if publication.confirm.done():
             self._record(index, publication.settle())
             return
-        limit = self._ingestor.time_limit(self._remaining())
+        limit = self._ingestor.time_limit(self._context.remaining())
         self._pending[index] = (publication, self._loop.time() + limit, limit)
         publication.confirm.add_done_callback(lambda _: self._confirmed(index))
         if self._timer is None:

@@ -26,9 +26,18 @@ from google.protobuf.message import Message
 
 from gateway.contracts.http_rules import HttpRule
 from gateway.contracts.jsonmapping import parse_json_object
-from gateway.core.methods import CallContext, Method, Methods
+from gateway.core.context import CallContext
+from gateway.core.method import Method
+from gateway.core.methods import Methods
 from gateway.core.status import to_status_proto
-from gateway.errors import HTTP_ONLY_STATUS, Code, FieldViolation, GatewayError, invalid_argument
+from gateway.errors import (
+    HTTP_ONLY_STATUS,
+    Code,
+    ConfigError,
+    FieldViolation,
+    GatewayError,
+    invalid_argument,
+)
 
 __all__ = ["HttpShim"]
 
@@ -95,6 +104,31 @@ class HttpShim:
         self._openapi = json.dumps(openapi, ensure_ascii=False).encode()
         self._readiness = readiness
         self._max_request_bytes = max_request_bytes
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, address: str, *, reuse_port: bool, answer_grace: float) -> int:
+        """Listen on `address` (host:port); the port (the one the system chose for port 0).
+
+        On stop, handlers still running get `answer_grace` seconds to write their answers.
+        """
+        host, _, port = address.rpartition(":")
+        self._runner = web.AppRunner(
+            self.application(),
+            access_log=None,  # every request is logged once, by the gateway itself
+            shutdown_timeout=answer_grace,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_port=reuse_port or None)
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = exc.strerror
+            raise ConfigError(f"server.address: cannot listen on {address}: {reason}") from exc
+        return int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     def application(self) -> web.Application:
         # Bodies are read by `_body`, which answers 413 itself, in Status JSON.
@@ -123,21 +157,17 @@ class HttpShim:
         return web.Response(text=_DOCS_PAGE, content_type="text/html")
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get("X-Request-Id")
-        with structlog.contextvars.bound_contextvars(
-            transport="http",
-            peer=request.remote,
-            **({"request_id": request_id} if request_id else {}),
-        ):
-            try:
-                return await self._call(request)
-            except GatewayError as error:
-                return _error_response(error)
-            except Exception:
-                log.exception("unexpected error in the HTTP shim", path=request.path)
-                return _error_response(
-                    GatewayError(Code.INTERNAL, "internal error; see the gateway's log")
-                )
+        try:
+            return await self._call(request)
+        except GatewayError as error:
+            return _error_response(error)
+        except Exception:
+            log.exception(
+                "unexpected error in the HTTP shim", path=request.path, **_log_fields(request)
+            )
+            return _error_response(
+                GatewayError(Code.INTERNAL, "internal error; see the gateway's log")
+            )
 
     async def _call(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -150,6 +180,7 @@ class HttpShim:
                 path=request.rel_url.raw_path[:256],
                 code=error.code.name,
                 error=error.message,
+                **_log_fields(request),
             )
             raise
         response = await method.handler(message, context)
@@ -172,7 +203,13 @@ class HttpShim:
         violations = parse_json_object(fields, message)
         if violations:
             raise invalid_argument(violations)
-        context = CallContext.with_timeout("http", _timeout(request), _metadata(request))
+        context = CallContext.start(
+            "http",
+            method=method.full_name,
+            peer=request.remote or "",
+            timeout=_timeout(request),
+            metadata=_metadata(request),
+        )
         return method, message, context
 
     def _route(self, request: web.Request) -> tuple[HttpRule, Method, dict[str, str]]:
@@ -271,6 +308,15 @@ def _set_path(fields: dict[str, Any], dotted: str, value: str) -> None:
             child = node[name] = {}
         node = child
     node[leaf] = value
+
+
+def _log_fields(request: web.Request) -> dict[str, Any]:
+    """The log context of a request that never reached a method (LogContext binds it there)."""
+    fields: dict[str, Any] = {"transport": "http", "peer": request.remote}
+    request_id = request.headers.get("X-Request-Id")
+    if request_id:
+        fields["request_id"] = request_id
+    return fields
 
 
 def _metadata(request: web.Request) -> dict[str, str]:
