@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: run test test-unit test-faults soak bench generate generate-check lint fmt clean
+.PHONY: run test test-unit test-faults soak bench generate generate-check lint breaking fmt clean
 
 run: $(INSTALLED) ## Run the gateway (in-memory broker unless TASK_GATEWAY__BROKER__ADDRESS is set)
 	$(PY) -m gateway
@@ -66,6 +66,9 @@ lint: $(INSTALLED) $(BUF) build/protodeps ## ruff, mypy and buf lint
 	$(PY) -m ruff format --check src tests bench clients
 	$(PY) -m mypy
 	$(BUF) lint
+
+breaking: $(BUF) build/protodeps ## buf breaking: the working tree and every proto/ commit vs its parent
+	bash proto/breaking.sh
 
 fmt: $(INSTALLED)
 	$(PY) -m ruff format src tests bench clients
