@@ -48,6 +48,9 @@ class GrpcSettings:
     # Tasks of one batch or stream awaiting their confirm at once; a stream is read no
     # further while its window is full, so a slow broker slows the client down.
     stream_window: int = 256
+    # Entries of one PublishBatch; a larger batch is refused (INVALID_ARGUMENT / 400) before
+    # anything is published. It bounds the work, and the answer's size, of one call.
+    max_batch_entries: int = 1000
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,7 @@ def _check(settings: Settings) -> None:
     positive = {
         "grpc.max_request_bytes": settings.grpc.max_request_bytes,
         "grpc.stream_window": settings.grpc.stream_window,
+        "grpc.max_batch_entries": settings.grpc.max_batch_entries,
         "broker.heartbeat_seconds": settings.broker.heartbeat_seconds,
         "broker.connect_timeout_seconds": settings.broker.connect_timeout_seconds,
         "broker.reconnect_max_backoff_seconds": settings.broker.reconnect_max_backoff_seconds,

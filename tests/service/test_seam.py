@@ -102,7 +102,7 @@ async def test_both_transports_reach_a_method_through_the_same_middlewares(
         assert call.trace.traceparent == TRACEPARENT
         remaining = call.remaining()
         assert remaining is not None
-        assert 0 < remaining <= 30
+        assert 0 < remaining <= 31  # gRPC rounds a timeout up to its unit
 
 
 async def test_streams_go_through_the_middlewares_too(

@@ -312,7 +312,7 @@ async def test_deadline_is_reported_and_publish_still_completes(broker: MemoryBr
     gated = GatedBroker(broker)
     ingest = ingestor(gated)
 
-    error = await rejected(ingest, TaskRequest("alice", "images.generate", GENERATE), timeout=0)
+    error = await rejected(ingest, TaskRequest("alice", "images.generate", GENERATE), timeout=0.01)
 
     assert error.code is Code.DEADLINE_EXCEEDED
     assert "outcome is unknown" in error.message
@@ -327,6 +327,22 @@ async def test_deadline_is_reported_and_publish_still_completes(broker: MemoryBr
     assert ingest.in_flight == 0
     (message,) = broker.messages("images.queue")
     assert json.loads(message.body)["user_id"] == "alice"
+
+
+@pytest.mark.parametrize("timeout", [0.0, 0.0005])
+async def test_a_call_past_its_deadline_is_refused_before_anything_is_sent(
+    broker: MemoryBroker, timeout: float
+) -> None:
+    """With no time left to get a confirm, DEADLINE_EXCEEDED says nothing was published."""
+    gated = GatedBroker(broker)
+    ingest = ingestor(gated)
+
+    error = await rejected(ingest, TaskRequest("alice", "images.generate", GENERATE), timeout)
+
+    assert error.code is Code.DEADLINE_EXCEEDED
+    assert "nothing was published" in error.message
+    assert gated.calls == 0
+    assert ingest.in_flight == 0
 
 
 async def test_configured_cap_bounds_the_publish(broker: MemoryBroker) -> None:

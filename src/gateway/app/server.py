@@ -89,6 +89,7 @@ class Gateway:
             self.ingestor,
             payload_schemas(self.routes, comments),
             window=settings.grpc.stream_window,
+            max_batch_entries=settings.grpc.max_batch_entries,
             middlewares=middlewares(settings),
         )
         self.health = Health(self.broker, self.routes)
@@ -97,7 +98,17 @@ class Gateway:
         self.http = HttpShim(
             self.methods,
             rules,
-            openapi=openapi_document(rules, comments, self.routes, version=__version__),
+            openapi=openapi_document(
+                rules,
+                comments,
+                self.routes,
+                version=__version__,
+                item_limits={
+                    f"{method.descriptor.input_type.full_name}.{field}": limit
+                    for method in self.methods.values()
+                    for field, limit in method.limits.items()
+                },
+            ),
             readiness=self.health.readiness,
             max_request_bytes=settings.grpc.max_request_bytes,
         )

@@ -13,7 +13,7 @@ the same bytes, so it can be cached, diffed and served as is.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -111,8 +111,13 @@ def openapi_document(
     *,
     title: str = "Task Gateway",
     version: str,
+    item_limits: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the routes, the health probes and their schemas."""
+    """The OpenAPI 3.1 document of the routes, the health probes and their schemas.
+
+    `item_limits`: the most items a repeated request field may hold, by the field's full name
+    (taskgateway.v1.PublishBatchRequest.entries), as the gateway is configured: `maxItems`.
+    """
     builder = SchemaBuilder(COMPONENTS_REF_PREFIX, comments)
     paths: dict[str, dict[str, Any]] = {}
     tags: dict[str, str] = {}
@@ -135,6 +140,11 @@ def openapi_document(
         request = rule.method.input_type
         if request.full_name in builder.definitions:
             _describe_task_request(builder, request, routes)
+    for full_name, limit in (item_limits or {}).items():
+        message, _, field = full_name.rpartition(".")
+        definition = builder.definitions.get(message)
+        if definition is not None and field in definition.get("properties", {}):
+            definition["properties"][field]["maxItems"] = limit
     status_schema = _status_schema()
     return {
         "openapi": OPENAPI_VERSION,

@@ -8,14 +8,18 @@ authenticated client).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["CallContext", "PeerIdentity", "TraceContext", "Transport"]
+__all__ = ["LOGGED_REQUEST_ID_LENGTH", "CallContext", "PeerIdentity", "TraceContext", "Transport"]
 
 Transport = Literal["grpc", "http"]
+
+# A request id comes from the client and is logged with each line of its call: bounded.
+LOGGED_REQUEST_ID_LENGTH = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,19 +30,62 @@ class PeerIdentity:
     common_name: str | None = None
 
 
+# W3C Trace Context (https://www.w3.org/TR/trace-context/): version-trace_id-parent_id-flags,
+# lower-case hex. A version above 00 may append fields after a dash; ff is invalid.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_TRACEPARENT_MAX_LENGTH = 256  # version 00 is 55 characters; room for a future version's fields
+# tracestate: at most 32 comma-separated members key=value, and at most 512 characters.
+_TRACESTATE_MAX_LENGTH = 512
+_TRACESTATE_MAX_MEMBERS = 32
+_TRACESTATE_KEY = re.compile(r"[a-z0-9][_0-9a-z\-*/]{0,255}(@[a-z][_0-9a-z\-*/]{0,13})?")
+_TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+
+
 @dataclass(frozen=True, slots=True)
 class TraceContext:
-    """The W3C trace context the call came with."""
+    """The W3C trace context the call came with, when it is well-formed."""
 
     traceparent: str
     tracestate: str = ""
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, str]) -> TraceContext | None:
-        traceparent = metadata.get("traceparent")
-        if not traceparent:
+        """The call's trace context; None when it sent none or a malformed `traceparent`.
+
+        A malformed one is dropped, not forwarded (the W3C rule: start a new trace), so that no
+        client can write arbitrary text into every message's headers. A malformed `tracestate`
+        is dropped alone.
+        """
+        traceparent = metadata.get("traceparent", "")
+        if not _valid_traceparent(traceparent):
             return None
-        return cls(traceparent, metadata.get("tracestate", ""))
+        tracestate = metadata.get("tracestate", "")
+        return cls(traceparent, tracestate if _valid_tracestate(tracestate) else "")
+
+
+def _valid_traceparent(text: str) -> bool:
+    if len(text) > _TRACEPARENT_MAX_LENGTH:
+        return False
+    match = _TRACEPARENT.fullmatch(text)
+    if match is None:
+        return False
+    version, trace_id, parent_id, _, rest = match.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return False
+    return trace_id != "0" * 32 and parent_id != "0" * 16
+
+
+def _valid_tracestate(text: str) -> bool:
+    if not text or len(text) > _TRACESTATE_MAX_LENGTH:
+        return False
+    members = [member.strip() for member in text.split(",") if member.strip()]
+    if not members or len(members) > _TRACESTATE_MAX_MEMBERS:
+        return False
+    for member in members:
+        key, equals, value = member.partition("=")
+        if not (equals and _TRACESTATE_KEY.fullmatch(key) and _TRACESTATE_VALUE.fullmatch(value)):
+            return False
+    return True
 
 
 class CallContext:
@@ -104,7 +151,9 @@ class CallContext:
 
     @property
     def request_id(self) -> str | None:
-        return self.metadata.get("x-request-id")
+        """The client's X-Request-Id, cut to a length fit for every log line of the call."""
+        request_id = self.metadata.get("x-request-id")
+        return request_id[:LOGGED_REQUEST_ID_LENGTH] if request_id else None
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (0 when past it), or None without one."""

@@ -33,6 +33,10 @@ log = structlog.get_logger(logger_name="gateway.ingest")
 # Task types as clients sent them are logged; keep a hostile one from flooding the log.
 _LOGGED_TASK_TYPE_LENGTH = 128
 
+# No broker confirms a message in less: a call with less time left is refused before anything
+# is sent, rather than published and then answered "outcome unknown", which invites a retry.
+_LEAST_TIME_TO_CONFIRM = 0.001
+
 
 @dataclass(frozen=True)
 class TaskRequest:
@@ -166,6 +170,13 @@ class Ingestor:
                 )
             accepted, envelope = self._prepare(request, context.trace)
             fields.update(task_key=accepted.task_key, exchange=envelope.exchange)
+            remaining = context.remaining()
+            if remaining is not None and remaining < _LEAST_TIME_TO_CONFIRM:
+                raise GatewayError(
+                    Code.DEADLINE_EXCEEDED,
+                    "the call's deadline passed before the task could be sent: nothing was "
+                    "published; retry with a longer deadline",
+                )
             confirm = self._start(accepted.task_id, envelope)
         except Exception as exc:  # a GatewayError, or a bug that settle reports as one
             confirm = asyncio.get_running_loop().create_future()
@@ -195,6 +206,8 @@ class Ingestor:
         headers = {"task_key": task_key}
         if trace is not None:
             headers["traceparent"] = trace.traceparent
+            if trace.tracestate:
+                headers["tracestate"] = trace.tracestate
         try:
             body = tasks.message_body(task_id, request.user_id, route.task_type, payload)
         except ValueError as exc:  # NaN/Infinity, or text that is not Unicode (lone surrogates)

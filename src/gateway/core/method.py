@@ -7,8 +7,8 @@ responses. Transports look methods up by wire name and only adapt their own wire
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import message_factory
@@ -16,8 +16,9 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from gateway.core.context import CallContext
+from gateway.errors import FieldViolation, GatewayError, invalid_argument
 
-__all__ = ["Method", "StreamHandler", "UnaryHandler"]
+__all__ = ["Method", "StreamHandler", "UnaryHandler", "too_many_items"]
 
 UnaryHandler = Callable[[Any, CallContext], Awaitable[Message]]
 StreamHandler = Callable[[AsyncIterator[Any], CallContext], AsyncIterator[Message]]
@@ -30,15 +31,28 @@ class Method:
     response_type: type[Message]
     # A UnaryHandler, or a StreamHandler when the method streams both ways.
     handler: Any
+    # The most items each repeated field of the request may hold, by field name; a transport
+    # may refuse a request over them before parsing it whole (too_many_items).
+    limits: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, descriptor: MethodDescriptor, handler: Any) -> Method:
+    def of(
+        cls, descriptor: MethodDescriptor, handler: Any, limits: Mapping[str, int] | None = None
+    ) -> Method:
         return cls(
             descriptor=descriptor,
             request_type=message_factory.GetMessageClass(descriptor.input_type),
             response_type=message_factory.GetMessageClass(descriptor.output_type),
             handler=handler,
+            limits=limits or {},
         )
+
+    def check_limits(self, counts: Mapping[str, int]) -> None:
+        """INVALID_ARGUMENT naming the field when a count is over its limit."""
+        for name, limit in self.limits.items():
+            count = counts.get(name, 0)
+            if count > limit:
+                raise too_many_items(name, limit, count)
 
     @property
     def full_name(self) -> str:
@@ -58,3 +72,15 @@ class Method:
     @property
     def streaming(self) -> bool:
         return bool(self.descriptor.client_streaming)
+
+
+def too_many_items(name: str, limit: int, count: int) -> GatewayError:
+    return invalid_argument(
+        [
+            FieldViolation(
+                name,
+                f"at most {limit} items per request, got {count}; nothing was published: "
+                "split the request (PublishStream takes any number of tasks)",
+            )
+        ]
+    )

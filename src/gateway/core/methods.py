@@ -9,6 +9,7 @@ batches and streams take typed requests as `google.protobuf.Any`, found the same
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -20,13 +21,16 @@ from gateway.contracts.files import GATEWAY_SERVICE
 from gateway.contracts.routing import Route
 from gateway.core.context import CallContext
 from gateway.core.ingest import Accepted, Ingestor, TaskRequest
-from gateway.core.method import Method, UnaryHandler
+from gateway.core.method import Method, UnaryHandler, too_many_items
 from gateway.core.middleware import Middleware, apply
 from gateway.core.status import to_status_proto
 from gateway.core.window import Outcome, PublishWindow
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
 
 __all__ = ["Methods", "struct_to_python"]
+
+# The longest a batch works through its entries before letting the event loop run others.
+_TIME_SLICE_SECONDS = 0.002
 
 
 class Methods(Mapping[str, Method]):
@@ -41,6 +45,7 @@ class Methods(Mapping[str, Method]):
         payload_schemas: Mapping[str, dict[str, Any]],
         *,
         window: int,
+        max_batch_entries: int,
         middlewares: Sequence[Middleware] = (),
     ) -> None:
         self._ingestor = ingestor
@@ -49,13 +54,14 @@ class Methods(Mapping[str, Method]):
         # Tasks of one batch or stream awaiting their confirm at once. A stream stops reading
         # while its window is full, so gRPC flow control slows the client down.
         self._window = window
+        self._max_batch_entries = max_batch_entries
         typed = [(route, route.method) for route in ingestor.routes.values() if route.method]
         self._typed_by_request = {method.input_type.full_name: route for route, method in typed}
         methods = [Method.of(method, self._typed(route)) for route, method in typed]
         service = GATEWAY_SERVICE.methods_by_name
         methods += [
             Method.of(service["Publish"], self._publish),
-            Method.of(service["PublishBatch"], self._publish_batch),
+            Method.of(service["PublishBatch"], self._publish_batch, {"entries": max_batch_entries}),
             Method.of(service["PublishStream"], self._publish_stream),
             Method.of(service["ListTaskTypes"], self._list_task_types),
             Method.of(service["GetTaskTypeSchema"], self._get_task_type_schema),
@@ -103,12 +109,21 @@ class Methods(Mapping[str, Method]):
     async def _publish_batch(
         self, request: gateway_pb2.PublishBatchRequest, context: CallContext
     ) -> gateway_pb2.PublishBatchResponse:
+        if len(request.entries) > self._max_batch_entries:
+            raise too_many_items("entries", self._max_batch_entries, len(request.entries))
         window = self._open_window(context)
         outcomes: list[Outcome] = []
         try:
+            slice_started = time.perf_counter()
             for index, entry in enumerate(request.entries):
                 while window.full:
                     outcomes += await window.take()
+                    slice_started = time.perf_counter()
+                if time.perf_counter() - slice_started > _TIME_SLICE_SECONDS:
+                    # Entries that settle at once (invalid, refused) never wait for the
+                    # broker: without this a batch would run in one turn of the event loop.
+                    await asyncio.sleep(0)
+                    slice_started = time.perf_counter()
                 window.add(index, self._entry_task(entry))
             window.finish()
             while settled := await window.take():

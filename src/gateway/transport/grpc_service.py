@@ -46,6 +46,9 @@ def _handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
         except GatewayError as error:
             await _abort(context, error)
             raise  # pragma: no cover - abort raises
+        except Exception:
+            await _abort(context, _unexpected(call))
+            raise  # pragma: no cover - abort raises
         return response
 
     # Requests are parsed in the handler, not by grpc's deserializer hook: a message that
@@ -70,6 +73,8 @@ def _stream_handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
                 yield response
         except GatewayError as error:
             await _abort(context, error)
+        except Exception:
+            await _abort(context, _unexpected(call))
 
     return grpc.stream_stream_rpc_method_handler(
         handle, response_serializer=lambda response: response.SerializeToString()
@@ -80,6 +85,15 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: GatewayErro
     """End the call with the error's code, message and google.rpc.Status details."""
     status = rpc_status.to_status(to_status_proto(error))
     await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _unexpected(call: CallContext) -> GatewayError:
+    """INTERNAL for a bug, logged whole here: the client hears nothing of its internals.
+
+    Left to grpc, the exception's type and text would reach the client as UNKNOWN.
+    """
+    log.exception("unexpected error in a method", rpc=call.method, peer=call.peer)
+    return GatewayError(Code.INTERNAL, "internal error; see the gateway's log")
 
 
 def _call_context(method: Method, context: grpc.aio.ServicerContext[Any, Any]) -> CallContext:

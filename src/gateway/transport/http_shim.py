@@ -12,6 +12,7 @@ server that shares yarl/multidict with aio-pika and can bind with SO_REUSEPORT.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import re
@@ -26,7 +27,7 @@ from google.protobuf.message import Message
 
 from gateway.contracts.http_rules import HttpRule
 from gateway.contracts.jsonmapping import parse_json_object
-from gateway.core.context import CallContext
+from gateway.core.context import LOGGED_REQUEST_ID_LENGTH, CallContext
 from gateway.core.method import Method
 from gateway.core.methods import Methods
 from gateway.core.status import to_status_proto
@@ -64,6 +65,9 @@ _METADATA_PREFIX = "grpc-metadata-"
 # gRPC's timeout header: up to 8 digits and a unit (Hours, Minutes, Seconds, milli, micro, nano).
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+# Bodies larger than this are parsed in a thread, so that the event loop goes on serving.
+_LARGE_BODY_BYTES = 64 * 1024
 
 # The gateway's own GET routes (registered on the router ahead of the RPC routes).
 _OWN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
@@ -190,8 +194,9 @@ class HttpShim:
         """The method a request routes to, its request message, and its call context."""
         rule, method, variables = self._route(request)
         fields: dict[str, Any] = {}
+        size = 0
         if rule.body:
-            body = await self._body(request)
+            body, size = await self._body(request)
             if rule.body == "*" and not isinstance(body, dict):
                 raise invalid_argument(
                     [FieldViolation("body", "must be a JSON object, got " + type(body).__name__)]
@@ -199,8 +204,15 @@ class HttpShim:
             fields = body if rule.body == "*" else {rule.body: body}
         for name, value in variables.items():
             _set_path(fields, name, value)
+        # Refused before the entries are parsed: they may be hundreds of thousands.
+        method.check_limits({k: len(v) for k, v in fields.items() if isinstance(v, list)})
         message = method.request_type()
-        violations = parse_json_object(fields, message)
+        if size > _LARGE_BODY_BYTES:
+            # Off the event loop: protobuf's JSON parsing of a large batch takes tens of ms,
+            # and the loop's other calls (and health checks) must not wait for it.
+            violations = await asyncio.to_thread(parse_json_object, fields, message)
+        else:
+            violations = parse_json_object(fields, message)
         if violations:
             raise invalid_argument(violations)
         context = CallContext.start(
@@ -230,7 +242,8 @@ class HttpShim:
             )
         raise _HttpError(404, f"no route for {request.method} {path}")
 
-    async def _body(self, request: web.Request) -> Any:
+    async def _body(self, request: web.Request) -> tuple[Any, int]:
+        """The request's JSON body, parsed, and its size in bytes."""
         media_type = request.content_type
         if media_type != "application/json" and not media_type.endswith("+json"):
             sent = request.headers.get("Content-Type", "none")
@@ -242,7 +255,9 @@ class HttpShim:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:  # a chunked body, with no Content-Length
             raise _too_large(None, self._max_request_bytes) from None
-        return _parse_json(raw)
+        if len(raw) > _LARGE_BODY_BYTES:
+            return await asyncio.to_thread(_parse_json, raw), len(raw)  # tens of ms for 1 MB
+        return _parse_json(raw), len(raw)
 
 
 class _HttpError(GatewayError):
@@ -315,7 +330,7 @@ def _log_fields(request: web.Request) -> dict[str, Any]:
     fields: dict[str, Any] = {"transport": "http", "peer": request.remote}
     request_id = request.headers.get("X-Request-Id")
     if request_id:
-        fields["request_id"] = request_id
+        fields["request_id"] = request_id[:LOGGED_REQUEST_ID_LENGTH]
     return fields
 
 

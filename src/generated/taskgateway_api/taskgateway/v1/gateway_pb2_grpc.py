@@ -81,7 +81,10 @@ class TaskGatewayServiceServicer:
     def PublishBatch(self, request, context):
         """Publishes many tasks, typed or generic, and answers for each entry with its
         task key or its error once every entry is settled. One bad entry does not
-        fail the others.
+        fail the others. A batch holds at most 1,000 entries by default (the
+        gateway's grpc.max_batch_entries); a larger one is INVALID_ARGUMENT and
+        nothing of it is published. For more tasks, send several batches or use
+        PublishStream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
