@@ -1,0 +1,131 @@
+/**
+ * `TaskGatewayClient`: typed task RPCs and the generic Publish, each resolving to the task key
+ * once RabbitMQ has confirmed the task, retried safely under one idempotency key.
+ */
+import { randomUUID } from "node:crypto";
+import type { JsonObject } from "@bufbuild/protobuf";
+import { TaskGatewayError, toTaskGatewayError } from "./errors.js";
+import { TaskGatewayService } from "./gen/taskgateway/v1/gateway_pb.js";
+import { type RetryPolicy, retryPolicy, withRetries } from "./retry.js";
+import { type TaskRequest, taskMethod } from "./tasks.js";
+import { type Connection, type TlsOptions, connect } from "./transport.js";
+
+export interface ClientOptions {
+  /** Sent as `authorization: Bearer <token>` with every call. */
+  token?: string;
+  /** TLS (and, with cert and key, mutual TLS); plaintext when absent. */
+  tls?: TlsOptions;
+  /** The time a call may take in all, retries included, in milliseconds (default 30 s). */
+  deadlineMs?: number;
+  /** Overrides of the retry policy (see DEFAULT_RETRY). */
+  retry?: Partial<RetryPolicy>;
+}
+
+export interface CallOptions {
+  /** This call's deadline in milliseconds, retries included, instead of the client's. */
+  deadlineMs?: number;
+}
+
+export interface PublishOptions extends CallOptions {
+  /** The task's idempotency key; a new UUID when absent. Reused by every retry. */
+  idempotencyKey?: string;
+}
+
+export const DEFAULT_DEADLINE_MS = 30_000;
+
+export class TaskGatewayClient {
+  readonly #connection: Connection;
+  readonly #retry: RetryPolicy;
+  readonly #deadlineMs: number;
+  #closed = false;
+
+  /** A client of the gateway at `target` ("host:port"); it connects on the first call. */
+  constructor(target: string, options: ClientOptions = {}) {
+    this.#retry = retryPolicy(options.retry);
+    this.#deadlineMs = checkDeadline(options.deadlineMs ?? DEFAULT_DEADLINE_MS, "deadlineMs");
+    this.#connection = connect(target, options.tls, options.token);
+  }
+
+  /**
+   * Publish a typed task, e.g. an `images.v1.GenerateRequest` made with `create()`, through
+   * its typed RPC. Resolves to the task key. Without an idempotency key on the request, one
+   * is generated for it (the request itself is not changed).
+   */
+  async submit(request: TaskRequest, options: CallOptions = {}): Promise<string> {
+    const method = taskMethod(request);
+    const idempotencyKey = request.idempotencyKey || randomUUID();
+    const keyed = { ...request, idempotencyKey };
+    return this.#call(idempotencyKey, options, async (timeoutMs) => {
+      const response = await this.#connection.transport.unary(
+        method,
+        undefined,
+        timeoutMs,
+        undefined,
+        keyed,
+      );
+      // Every task RPC's response has a task_key (tasks.ts keeps only those).
+      return (response.message as unknown as { taskKey: string }).taskKey;
+    });
+  }
+
+  /**
+   * Publish a task through the generic `taskgateway.v1.TaskGatewayService/Publish`, its
+   * payload a JSON object (checked by the gateway against the task type's payload message,
+   * when it has one). Resolves to the task key.
+   */
+  async publish(
+    taskType: string,
+    userId: string,
+    payload: JsonObject,
+    options: PublishOptions = {},
+  ): Promise<string> {
+    if (typeof payload !== "object" || payload === null || Array.isArray(payload)) {
+      throw new TypeError(`payload must be a JSON object, got ${JSON.stringify(payload)}`);
+    }
+    const idempotencyKey = options.idempotencyKey || randomUUID();
+    const request = { taskType, userId, payload, idempotencyKey };
+    return this.#call(idempotencyKey, options, async (timeoutMs) => {
+      const response = await this.#connection.transport.unary(
+        TaskGatewayService.method.publish,
+        undefined,
+        timeoutMs,
+        undefined,
+        request,
+      );
+      return response.message.taskKey;
+    });
+  }
+
+  /** Close the connection; calls still running fail, later calls are refused. */
+  close(): void {
+    this.#closed = true;
+    this.#connection.close();
+  }
+
+  #call(
+    idempotencyKey: string,
+    options: CallOptions,
+    attempt: (timeoutMs: number) => Promise<string>,
+  ): Promise<string> {
+    const deadlineMs = checkDeadline(options.deadlineMs ?? this.#deadlineMs, "deadlineMs");
+    return withRetries(
+      (timeoutMs) => {
+        if (this.#closed) {
+          throw new TaskGatewayError("CANCELLED", "the client was closed");
+        }
+        return attempt(timeoutMs);
+      },
+      (reason) => toTaskGatewayError(reason, idempotencyKey),
+      this.#retry,
+      deadlineMs,
+      idempotencyKey,
+    );
+  }
+}
+
+function checkDeadline(value: number, name: string): number {
+  if (typeof value !== "number" || !(value > 0) || !Number.isFinite(value)) {
+    throw new TypeError(`${name} must be a number of milliseconds > 0, got ${String(value)}`);
+  }
+  return value;
+}
