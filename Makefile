@@ -5,16 +5,26 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: run test test-unit test-faults soak bench generate generate-check lint breaking fmt clean
+.PHONY: run test test-unit test-node test-faults soak bench generate generate-check lint breaking fmt clean
 
 run: $(INSTALLED) ## Run the gateway (in-memory broker unless TASK_GATEWAY__BROKER__ADDRESS is set)
 	$(PY) -m gateway
 
 test: $(INSTALLED) ## Run every test; broker tests need the RabbitMQ at 127.0.0.1:5672
 	$(PY) -m pytest
+	$(MAKE) test-node
 
 test-unit: $(INSTALLED) ## Tests that need no broker
 	$(PY) -m pytest tests/unit tests/service
+
+# The TypeScript client (clients/node): npm installs its tools; its tests start a gateway from
+# this .venv and publish to the RabbitMQ at 127.0.0.1:5672.
+NODE_CLIENT := clients/node/node_modules/.package-lock.json
+$(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --silent
+
+test-node: $(INSTALLED) $(NODE_CLIENT) ## The TypeScript client's tests (builds it first)
+	cd clients/node && TASK_GATEWAY_PYTHON=$(abspath $(PY)) npm test
 
 test-faults: $(INSTALLED) ## Fault injection on private RabbitMQ nodes (part of `test`; ~1.5 min)
 	$(PY) -m pytest tests/faults -rA
@@ -61,11 +71,12 @@ build/protodeps: $(INSTALLED) Makefile
 	mkdir -p $@/google/rpc
 	cp $(GOOGLEAPIS)/google/rpc/status.proto $@/google/rpc/
 
-lint: $(INSTALLED) $(BUF) build/protodeps ## ruff, mypy and buf lint
+lint: $(INSTALLED) $(BUF) build/protodeps $(NODE_CLIENT) ## ruff, mypy, buf lint, prettier
 	$(PY) -m ruff check src tests bench clients
 	$(PY) -m ruff format --check src tests bench clients
 	$(PY) -m mypy
 	$(BUF) lint
+	cd clients/node && npm run --silent format:check
 
 breaking: $(BUF) build/protodeps ## buf breaking: the working tree and every proto/ commit vs its parent
 	bash proto/breaking.sh
@@ -75,4 +86,4 @@ fmt: $(INSTALLED)
 	$(PY) -m ruff check --fix src tests bench clients
 
 clean:
-	rm -rf build node_modules $(VENV)
+	rm -rf build node_modules $(VENV) clients/node/node_modules clients/node/dist clients/node/build clients/node/src/gen
