@@ -13,6 +13,7 @@ import dataclasses
 import os
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,9 @@ class BrokerSettings:
     publish_timeout_seconds: float = 10.0
     # Publishes waiting for their confirm; past it requests get RESOURCE_EXHAUSTED.
     max_in_flight: int = 4096
+    # An exchange found missing counts as missing this long without asking the broker again,
+    # so a burst of requests (or probes) does not open a channel each; 0: ask every time.
+    missing_exchange_seconds: float = 1.0
     # The AMQP `app_id` property of every message.
     app_id: str = "task-gateway"
 
@@ -278,8 +282,36 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{key}: must be greater than 0, got {number}")
     if settings.workers < 0:
         raise ConfigError(f"workers: must be 0 (one per CPU) or more, got {settings.workers}")
-    if settings.grpc.shutdown_grace_seconds < 0:
-        raise ConfigError("grpc.shutdown_grace_seconds: must not be negative")
+    for key, seconds in (
+        ("grpc.shutdown_grace_seconds", settings.grpc.shutdown_grace_seconds),
+        ("broker.missing_exchange_seconds", settings.broker.missing_exchange_seconds),
+    ):
+        if not seconds >= 0:  # also refuses NaN
+            raise ConfigError(f"{key}: must not be negative, got {seconds}")
     for url in settings.broker_urls:
-        if not url.startswith(("amqp://", "amqps://")):
-            raise ConfigError(f"broker.address: {url!r} is not an amqp:// or amqps:// URL")
+        _check_amqp_url(url)
+
+
+def _check_amqp_url(url: str) -> None:
+    """An AMQP URL the client can connect to; the error names broker.address, not the password."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise ConfigError(f"broker.address: {_masked(url)!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("amqp", "amqps"):
+        raise ConfigError(f"broker.address: {_masked(url)!r} is not an amqp:// or amqps:// URL")
+    if not parts.hostname:
+        raise ConfigError(f"broker.address: {_masked(url)!r} names no host")
+    if port == 0:
+        raise ConfigError(f"broker.address: {_masked(url)!r} has port 0")
+
+
+def _masked(url: str) -> str:
+    """The URL with any password replaced, for an error message."""
+    scheme, separator, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{separator}{user}:***@{location}"

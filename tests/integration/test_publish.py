@@ -403,10 +403,14 @@ async def test_unroutable_task_fails_alone_and_gateway_recovers(
 
 
 async def test_deleted_exchange_fails_alone_and_gateway_recovers(
-    gateway: Any, topology: Topology
+    start_gateway: Any, rabbitmq_url: str, topology: Topology
 ) -> None:
     """With an exchange deleted at run time, its tasks fail, others all succeed; once the
     gateway knows, the answer is FAILED_PRECONDITION naming exchange and routing key."""
+    # Asking the broker again at once: this test re-creates the exchange and publishes.
+    settings = replace_settings(make_settings(rabbitmq_url), "broker", missing_exchange_seconds=0)
+    gateway = await start_gateway(settings)
+    await wait_connected(gateway.gateway)
     stub = images_pb2_grpc.ImagesServiceStub(gateway.channel)
     payload = images_pb2.GeneratePayload(model="m", prompt="p", image_name="n")
     await stub.Generate(images_pb2.GenerateRequest(user_id="before", payload=payload))

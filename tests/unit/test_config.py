@@ -301,6 +301,34 @@ def test_non_amqp_broker_url_is_named() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("amqp://h:notaport/", "Port could not be cast"),
+        ("amqp://h:99999/", "Port out of range"),
+        ("amqp://[::1/", "Invalid IPv6 URL"),
+        ("amqp:///vhost", "names no host"),
+        ("amqp://h:0/", "port 0"),
+    ],
+)
+def test_malformed_broker_url_is_named(url: str, reason: str) -> None:
+    """A broker URL the AMQP client could not connect to stops start-up naming broker.address."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"TASK_GATEWAY__BROKER__ADDRESS": f"amqp://ok:5672/,{url}"})
+
+    assert str(caught.value).startswith("broker.address: ")
+    assert reason in str(caught.value)
+
+
+def test_broker_url_error_masks_the_password() -> None:
+    """The error about a bad URL shows its user but never its password."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"TASK_GATEWAY__BROKER__ADDRESS": "amqp://app:s3cret@h:99999/"})
+
+    assert "s3cret" not in str(caught.value)
+    assert "app:***@h:99999" in str(caught.value)
+
+
 def test_invalid_toml_is_reported_with_the_file(tmp_path: Path) -> None:
     """A file that is not valid TOML stops loading with an error naming the file."""
     with pytest.raises(ConfigError, match=r"gateway\.toml is not valid TOML"):

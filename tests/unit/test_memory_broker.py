@@ -265,8 +265,8 @@ async def test_full_reject_publish_queue_nacks_and_keeps_its_messages() -> None:
     assert broker.messages("q") == [first]
 
 
-async def test_full_queue_rejecting_publish_stores_in_no_other_queue() -> None:
-    """When one target queue rejects a message, no other queue receives it either."""
+async def test_a_nack_from_one_full_queue_keeps_the_message_in_the_others() -> None:
+    """As RabbitMQ does: one queue refuses, the others store it, the nack says outcome unknown."""
     broker = await started(
         topology(
             {"ex": "fanout"},
@@ -278,10 +278,14 @@ async def test_full_queue_rejecting_publish_stores_in_no_other_queue() -> None:
         )
     )
 
-    with pytest.raises(GatewayError):
-        await broker.publish(envelope("ex", "k"))
+    sent = envelope("ex", "k")
+    with pytest.raises(GatewayError) as caught:
+        await broker.publish(sent)
 
-    assert broker.messages("open") == []
+    assert caught.value.code is Code.UNAVAILABLE
+    assert "outcome is unknown" in caught.value.message
+    assert broker.messages("open") == [sent]
+    assert broker.messages("full") == []
 
 
 async def test_full_drop_head_queue_drops_the_oldest() -> None:

@@ -51,6 +51,7 @@ def make_broker(settings: Settings) -> Broker:
             heartbeat_seconds=settings.broker.heartbeat_seconds,
             connect_timeout_seconds=settings.broker.connect_timeout_seconds,
             reconnect_max_backoff_seconds=settings.broker.reconnect_max_backoff_seconds,
+            missing_exchange_seconds=settings.broker.missing_exchange_seconds,
             connection_name=settings.broker.app_id,
         )
     return MemoryBroker(Definitions.load(Path(settings.broker.definitions)))

@@ -138,12 +138,9 @@ class MemoryBroker(Broker):
             for q in queues
             if q.reject_publish and q.max_length is not None and len(q.messages) >= q.max_length
         ]
-        if full:
-            # RabbitMQ nacks a message that a reject-publish queue refused.
-            raise GatewayError(
-                Code.UNAVAILABLE, f"the broker nacked the message: queue {full[0]!r} is full"
-            )
         for queue in queues:
+            if queue.name in full:
+                continue
             queue.messages.append(envelope)
             if queue.max_length is not None and len(queue.messages) > queue.max_length:
                 queue.messages.popleft()  # RabbitMQ's default overflow: drop-head
@@ -153,6 +150,15 @@ class MemoryBroker(Broker):
                 exchange=envelope.exchange,
                 routing_key=envelope.routing_key,
                 body=envelope.body.decode(),
+            )
+        if full:
+            # As RabbitMQ does: the message stays in the queues that took it, and the publisher
+            # gets a nack because one refused it.
+            raise GatewayError(
+                Code.UNAVAILABLE,
+                f"the broker nacked the message: queue {full[0]!r} is full and refused it, "
+                "and it may be stored in others, so the outcome is unknown; retry with the same "
+                "idempotency_key to avoid a duplicate",
             )
 
     def messages(self, queue: str) -> list[Envelope]:

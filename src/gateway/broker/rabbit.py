@@ -1,18 +1,23 @@
 """RabbitMQ through aio-pika: the only module that speaks AMQP.
 
-- A control connection, supervised here rather than by aio-pika's robust connection: while
-  it is down publishes fail at once with UNAVAILABLE instead of waiting for a reconnect,
-  and the supervisor reconnects with backoff, rotating through the configured addresses.
-  It carries the passive exchange checks: once per exchange, on a short-lived channel (a
-  failed passive declare closes its channel), re-checked after a reconnect or after a
-  publish that found the exchange gone.
+- A control connection, supervised here rather than by aio-pika's robust connection: it is
+  what `connected` reports (health, readiness), and it carries readiness's passive exchange
+  checks. The supervisor reconnects with backoff, rotating through the configured addresses;
+  an unexpected error in it is logged and it starts again, so it can never die silently.
 - A publishing *lane* per exchange: a connection of its own with one confirm channel,
-  returns raised. A publish to an exchange deleted at run time makes the broker close the
-  channel it travelled on, and aiormq may then still write publishes that were waiting
-  behind its channel lock after the Channel.CloseOk, which the broker answers by closing
-  the whole connection (504 "expected 'channel.open'"). With a connection per exchange
-  that only ever hurts publishes to the exchange that is gone; requests in flight to
-  healthy exchanges never notice.
+  returns raised, opened on the first publish to the exchange after a passive declare on
+  that same connection (so the exchange is checked again whenever the lane is reopened, after
+  a reconnect). A lane lives as long as its own connection: losing the control connection,
+  or another exchange's lane, fails no publish on it. While there is neither an open lane
+  nor a control connection the broker is away, and a publish fails at once with UNAVAILABLE
+  rather than waiting for a connection attempt.
+  Why a connection per exchange: a publish to an exchange deleted at run time makes the
+  broker close the channel it travelled on, and aiormq may then still write publishes that
+  were waiting behind its channel lock after the Channel.CloseOk, which the broker answers by
+  closing the whole connection (504 "expected 'channel.open'"). With a connection per
+  exchange that only ever hurts publishes to the exchange that is gone.
+- A missing exchange is remembered for a second, so that a burst of publishes to it, or of
+  readiness probes, does not open a channel each.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class RabbitBroker(Broker):
         heartbeat_seconds: int,
         connect_timeout_seconds: float,
         reconnect_max_backoff_seconds: float,
+        missing_exchange_seconds: float = 1.0,
         connection_name: str = "task-gateway",
     ) -> None:
         super().__init__()
@@ -96,18 +102,25 @@ class RabbitBroker(Broker):
         self._heartbeat = heartbeat_seconds
         self._connect_timeout = connect_timeout_seconds
         self._max_backoff = reconnect_max_backoff_seconds
+        # How long an exchange found missing counts as missing without asking the broker again.
+        self._missing_for = missing_exchange_seconds
         self._connection_name = connection_name
         self._connection: AbstractConnection | None = None
         self._url = self._urls[0]  # the address the control connection reached
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
-        # Per-connection state, dropped when the control connection goes.
+        # Each exchange's lane, open or opening; it outlives the control connection.
         self._lanes: dict[str, asyncio.Future[_Lane]] = {}
+        # Readiness's checks on the control connection, dropped when it goes.
         self._checked: set[str] = set()
         self._checks: dict[str, asyncio.Future[None]] = {}
+        # Exchanges found missing, until when (loop time) they count as missing.
+        self._missing: dict[str, float] = {}
+        # Connections being closed in the background: referenced until done.
+        self._background: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
-        self._supervisor = asyncio.create_task(self._supervise(), name="rabbitmq-supervisor")
+        self._start_supervisor()
 
     async def close(self) -> None:
         self._closing = True
@@ -115,13 +128,24 @@ class RabbitBroker(Broker):
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        connection, self._connection = self._connection, None
-        await self._drop_connection_state()
-        if connection is not None and not connection.is_closed:
-            await connection.close()
+        connections = [lane.connection for lane in self._open_lanes()]
+        self._lanes.clear()
+        control, self._connection = self._connection, None
+        if control is not None:
+            connections.append(control)
+        for connection in connections:
+            if not connection.is_closed:
+                with contextlib.suppress(*_LOST, OSError):
+                    await connection.close()
+        await asyncio.gather(*self._background, return_exceptions=True)
         self._set_connected(False)
 
     async def exchange_exists(self, exchange: str) -> bool:
+        if self._is_missing(exchange):
+            return False
+        lane = _opened(self._lanes.get(exchange))
+        if lane is not None and lane.usable:
+            return True  # checked when the lane opened, on the lane's own connection
         try:
             await self._check_exchange(self._control(), exchange, "")
         except GatewayError as error:
@@ -131,9 +155,9 @@ class RabbitBroker(Broker):
         return True
 
     async def publish(self, envelope: Envelope) -> None:
-        connection = self._control()
-        await self._check_exchange(connection, envelope.exchange, envelope.routing_key)
-        lane = await self._lane(envelope.exchange)
+        if self._is_missing(envelope.exchange):
+            raise exchange_not_found(envelope.exchange, envelope.routing_key)
+        lane = await self._lane(envelope.exchange, envelope.routing_key)
         if _is_blocked(lane.connection):
             raise GatewayError(
                 Code.RESOURCE_EXHAUSTED,
@@ -166,10 +190,15 @@ class RabbitBroker(Broker):
         except aiormq.exceptions.PublishError:
             raise unroutable(envelope.exchange, envelope.routing_key) from None
         except aiormq.exceptions.DeliveryError as exc:
+            # RabbitMQ nacks a message that one of the queues it routes to refused (a full
+            # reject-publish queue, a quorum queue without a majority) and keeps it in the
+            # others: whether a consumer will see it is unknown.
             raise GatewayError(
                 Code.UNAVAILABLE,
                 f"RabbitMQ nacked the message to exchange {envelope.exchange!r} "
-                f"({_frame_name(exc.frame)}); it was not stored, retry later",
+                f"({_frame_name(exc.frame)}): a queue it routes to refused it, and it may be "
+                "stored in others, so the outcome is unknown; retry with the same "
+                "idempotency_key to avoid a duplicate",
             ) from None
         except _LOST as exc:
             if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) or isinstance(
@@ -192,7 +221,8 @@ class RabbitBroker(Broker):
         only a publish that was alone in flight is known not to be stored. Every publish in
         flight fails at once, before any of them settles: the first to get here counts them.
         """
-        self._checked.discard(envelope.exchange)  # the next publish checks again, and fails fast
+        self._checked.discard(envelope.exchange)
+        self._mark_missing(envelope.exchange)  # the next publishes fail fast
         if lane.in_flight_at_close is None:
             lane.in_flight_at_close = lane.publishing
         if lane.in_flight_at_close == 1:
@@ -222,6 +252,20 @@ class RabbitBroker(Broker):
             client_properties={"connection_name": f"{self._connection_name} {purpose}"},
         )
 
+    def _start_supervisor(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name="rabbitmq-supervisor")
+        self._supervisor.add_done_callback(self._supervisor_ended)
+
+    def _supervisor_ended(self, task: asyncio.Task[None]) -> None:
+        """Crash-only, but never silent: a supervisor that ends before close() starts again."""
+        if self._closing or task.cancelled():
+            return
+        log.error(
+            "the RabbitMQ connection supervisor stopped; starting it again",
+            exc_info=task.exception(),
+        )
+        self._start_supervisor()
+
     async def _supervise(self) -> None:
         backoff = _FIRST_BACKOFF_SECONDS
         attempt = 0
@@ -240,6 +284,16 @@ class RabbitBroker(Broker):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
+            except Exception:
+                # A bug, or an error no one foresaw: logged whole, then the same backoff.
+                log.exception(
+                    "unexpected error connecting to RabbitMQ",
+                    url=redact(url),
+                    retry_in_seconds=backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
             backoff = _FIRST_BACKOFF_SECONDS
             lost = asyncio.Event()
             connection.close_callbacks.add(lambda _sender, _exc, lost=lost: lost.set())
@@ -249,20 +303,31 @@ class RabbitBroker(Broker):
             log.info("connected to RabbitMQ", url=redact(url))
             await lost.wait()
             self._connection = None
+            self._checked.clear()
+            self._checks.clear()
             self._set_connected(False)
-            await self._drop_connection_state()
             if not self._closing:
                 log.warning("lost the connection to RabbitMQ; reconnecting", url=redact(url))
 
-    async def _drop_connection_state(self) -> None:
-        lanes = [lane for lane in self._lanes.values() if lane.done() and not lane.exception()]
-        self._lanes.clear()
-        self._checked.clear()
-        self._checks.clear()
-        for lane in lanes:
-            if not lane.result().connection.is_closed:
-                with contextlib.suppress(*_LOST, OSError):
-                    await lane.result().connection.close()
+    def _open_lanes(self) -> list[_Lane]:
+        return [lane for lane in map(_opened, self._lanes.values()) if lane is not None]
+
+    def _is_missing(self, exchange: str) -> bool:
+        until = self._missing.get(exchange)
+        if until is None:
+            return False
+        if asyncio.get_running_loop().time() < until:
+            return True
+        del self._missing[exchange]
+        return False
+
+    def _mark_missing(self, exchange: str) -> None:
+        self._missing[exchange] = asyncio.get_running_loop().time() + self._missing_for
+
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = _shared(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _check_exchange(
         self, connection: AbstractConnection, exchange: str, routing_key: str
@@ -282,6 +347,7 @@ class RabbitBroker(Broker):
         try:
             await asyncio.shield(check)
         except aiormq.exceptions.ChannelNotFoundEntity:
+            self._mark_missing(exchange)
             raise exchange_not_found(exchange, routing_key) from None
         except _LOST as exc:
             raise GatewayError(
@@ -300,21 +366,25 @@ class RabbitBroker(Broker):
         if connection is self._connection:
             self._checked.add(exchange)
 
-    async def _lane(self, exchange: str) -> _Lane:
+    async def _lane(self, exchange: str, routing_key: str) -> _Lane:
         """The exchange's publishing lane, opened on first use and again after it failed."""
         opening = self._lanes.get(exchange)
         if opening is not None and opening.done():
-            lane = None if opening.exception() else opening.result()
+            lane = _opened(opening)
             if lane is not None and lane.usable:  # every publish but the first few: no await
                 return lane
             if lane is not None and not lane.connection.is_closed:  # it broke since it opened
-                _shared(lane.connection.close())
+                self._in_background(lane.connection.close())
             opening = None
         if opening is None:
+            self._control()  # neither a lane nor a control connection: the broker is away
             opening = _shared(self._open_lane(exchange))
             self._lanes[exchange] = opening
         try:
             return await asyncio.shield(opening)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            self._mark_missing(exchange)
+            raise exchange_not_found(exchange, routing_key) from None
         except (*_LOST, OSError, TimeoutError) as exc:
             raise GatewayError(
                 Code.UNAVAILABLE,
@@ -323,13 +393,28 @@ class RabbitBroker(Broker):
             ) from None
 
     async def _open_lane(self, exchange: str) -> _Lane:
+        """A connection for the exchange's publishes, once a passive declare found it there."""
         connection = await self._connect(self._url, f"publisher {exchange}")
         try:
+            probe = await connection.channel(publisher_confirms=False)
+            try:
+                await probe.declare_exchange(exchange, passive=True)
+            finally:
+                if not probe.is_closed:
+                    await probe.close()
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             return _Lane(connection, cast(aiormq.Channel, await channel.get_underlay_channel()))
         except BaseException:
-            await connection.close()
+            with contextlib.suppress(*_LOST, OSError):
+                await connection.close()
             raise
+
+
+def _opened(opening: asyncio.Future[_Lane] | None) -> _Lane | None:
+    """The lane, if `opening` is done and opened one."""
+    if opening is None or not opening.done() or opening.cancelled() or opening.exception():
+        return None
+    return opening.result()
 
 
 def _shared(work: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
