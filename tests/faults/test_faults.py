@@ -11,7 +11,6 @@ health is SERVING again.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -86,13 +85,11 @@ class Scenario:
     async def stop_load(self) -> None:
         """Stop the clients, then wait (bounded) until no publish is left waiting for a confirm."""
         await self.load.stop()
-        deadline = time.monotonic() + PUBLISH_TIMEOUT + 2
-        while self.gateway.ingestor.in_flight:
-            assert time.monotonic() < deadline, (
-                f"{self.gateway.ingestor.in_flight} publishes still waiting for a confirm "
-                f"{PUBLISH_TIMEOUT + 2}s after the load stopped"
-            )
-            await asyncio.sleep(0.05)
+        pending = await self.gateway.ingestor.drain(PUBLISH_TIMEOUT + 2)
+        assert pending == 0, (
+            f"{pending} publishes still waiting for a confirm "
+            f"{PUBLISH_TIMEOUT + 2}s after the load stopped"
+        )
 
     async def probe(self) -> list[Answer]:
         """Fresh requests of every kind after the fault: served again without a restart."""
