@@ -25,6 +25,18 @@ __all__ = [
 ]
 
 
+# A test that uses one of these fixtures needs RabbitMQ (the shared one, or the installed
+# rabbitmq-server for a private node): `pytest -m "not rabbitmq"` runs the others.
+_RABBITMQ_FIXTURES = frozenset({"rabbitmq_url", "private_rabbit"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs RabbitMQ `rabbitmq`, from the fixtures it uses."""
+    for item in items:
+        if _RABBITMQ_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.rabbitmq)
+
+
 def unavailable(tests: str, reason: str) -> NoReturn:
     """Skip on a developer's machine; fail in CI (CI=true), so that green means they ran."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
