@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import procs
+from tests.support import procs
 
 ROOT = Path(__file__).resolve().parents[1]  # the driver runs as `python -m bench.pydriver` here
 EXTRA_WAIT = 30.0  # seconds a load generator may run past its duration before it is killed

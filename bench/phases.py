@@ -25,11 +25,12 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from bench import loadgen, payloads, procs
-from bench.broker import Vhost
+from bench import loadgen, payloads
 from bench.loadgen import CpuSampler, LoadResult, Target, Tools
 from bench.pydriver import GrpcTarget, HttpTarget
 from bench.servers import Env, FastApiBaseline, Gateway, NaiveGrpcBaseline, Server, ServerSpec
+from tests.support import procs
+from tests.support.rabbitmq import Topology
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,11 @@ class Settings:
 
 @dataclass
 class Context:
-    """Everything a phase needs: the vhost, the tools, where to start servers and write files."""
+    """Everything a phase needs: the vhost's queues, the tools, where to start servers and write
+    files."""
 
     settings: Settings
-    vhost: Vhost
+    topology: Topology  # the bench vhost's
     env: Env
     tools: Tools
     broker_pid: int | None
@@ -131,7 +133,7 @@ class Phase:
             if server is not None:
                 result.rss_ready_mb = round(server.rss_ready_mb, 1)
             target = self.target(ctx, server)
-            await ctx.vhost.purge()
+            await ctx.topology.purge()
             if not await self.preflight(ctx, target, result):
                 return result
             peak = await self.peak_run(ctx, server, target)
@@ -209,7 +211,7 @@ class Phase:
         if error is not None:
             result.fail(f"preflight: one request by hand failed: {error}")
             return False
-        landed = await ctx.vhost.settle(timeout=5, quiet=0.3)
+        landed = await ctx.topology.settle(timeout=5, quiet=0.3)
         if landed != self.msgs_per_request:
             result.fail(
                 f"preflight: one request published {landed} messages, "
@@ -217,7 +219,7 @@ class Phase:
             )
             return False
         result.checks.append(f"preflight: 1 request OK, {landed} message(s) published")
-        await ctx.vhost.purge()
+        await ctx.topology.purge()
         return True
 
     async def verify(
@@ -229,7 +231,7 @@ class Phase:
         per_request: int | None = None,
     ) -> None:
         """Count what landed against what the load generator saw succeed; purge."""
-        landed = await ctx.vhost.settle()
+        landed = await ctx.topology.settle()
         k = per_request or self.msgs_per_request
         low, high = run.expect[0] * k, run.expect[1] * k
         result.runs[what] = asdict(run) | {"landed": landed, "rate": round(run.rate, 1)}
@@ -244,14 +246,14 @@ class Phase:
         else:
             expected = f"{low}" if low == high else f"{low}..{high}"
             result.checks.append(f"{what}: {landed} messages landed, expected {expected}: ok")
-        await ctx.vhost.purge()
+        await ctx.topology.purge()
 
     async def warm_and_purge(self, ctx: Context, run: Callable[[], Any]) -> None:
         """A separate warm-up run: h2load's own --warm-up-time requests go uncounted but still
         publish, which would spoil the queue check, so warm up apart and purge after."""
         await run()
-        await ctx.vhost.settle()
-        await ctx.vhost.purge()
+        await ctx.topology.settle()
+        await ctx.topology.purge()
 
 
 def _write(ctx: Context, name: str, data: bytes) -> Path:
@@ -351,7 +353,7 @@ class RestPhase(Phase):
 def raw_target(ctx: Context, message: str = "gateway") -> Target:
     """bench/raw_aiopika.py publishing the legacy task straight to the bench vhost."""
     return Target(
-        "amqp", ctx.vhost.url, amqp_request=dict(payloads.LEGACY_REQUEST), amqp_message=message
+        "amqp", ctx.env.amqp_url, amqp_request=dict(payloads.LEGACY_REQUEST), amqp_message=message
     )
 
 

@@ -66,7 +66,7 @@ class GrpcTarget:
 
     async def open(self) -> None:
         import grpc
-        from taskgateway.v1 import gateway_pb2
+        from taskgateway_api.taskgateway.v1 import gateway_pb2
 
         self.grpc = grpc
         self.stream_response = gateway_pb2.PublishStreamResponse

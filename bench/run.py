@@ -20,7 +20,10 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and the gateway importable
@@ -28,10 +31,12 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and the gat
 
 from yarl import URL  # noqa: E402
 
-from bench import broker, payloads, procs, report  # noqa: E402
+from bench import payloads, report  # noqa: E402
 from bench.loadgen import Tools  # noqa: E402
 from bench.phases import Context, Phase, PhaseResult, Settings, phases  # noqa: E402
 from bench.servers import Env  # noqa: E402
+from tests.support import procs, rabbitmq  # noqa: E402
+from tests.support.rabbitmq import topology_at  # noqa: E402
 
 RUN_TIMEOUT = 900.0  # hard cap on a whole run, whatever the settings
 OTHER_CPU_WARNING = 25.0  # % of one core used by other processes that makes a row suspect
@@ -155,27 +160,69 @@ def select(all_phases: list[Phase], spec: str) -> list[Phase]:
     return [p for p in all_phases if p.key in chosen]
 
 
-def baseline_setup(
-    args: argparse.Namespace, work: Path
-) -> tuple[Path | None, str | None, str | None]:
-    """(baselines dir, bench venv python, why the baselines are skipped or None)."""
-    baselines = (args.baselines or default_baselines()).resolve()
-    if not (baselines / "grpc_baseline.py").exists():
-        return None, None, f"no baselines at {baselines}"
+@dataclass
+class Baselines:
+    """The naive baselines of ../shared/baselines, or why they do not run."""
+
+    path: Path | None = None
+    python: str | None = None  # build/bench-venv
+    bench_pb2: ModuleType | None = None  # their messages, generated from their proto
+    skip: str | None = None
+
+
+def baselines(args: argparse.Namespace, chosen: list[Phase], work: Path) -> Baselines:
+    """Where the baselines are, the venv that runs them and their messages; or why not."""
+    path = (args.baselines or default_baselines()).resolve()
+    if not (path / "grpc_baseline.py").exists():
+        return Baselines(skip=f"no baselines at {path}")
     python = args.bench_venv / "bin" / "python"
     if not (args.bench_venv / ".installed").exists() or not python.exists():
-        return (
-            baselines,
-            None,
-            (
-                f"no baseline venv at {args.bench_venv} "
-                "(make bench creates it: bench/setup_baselines.py)"
-            ),
+        return Baselines(
+            path,
+            skip=f"no baseline venv at {args.bench_venv} "
+            "(make bench creates it: bench/setup_baselines.py)",
         )
-    return baselines, str(python), None
+    found = Baselines(path, str(python))
+    if any(p.baseline for p in chosen):
+        try:
+            found.bench_pb2 = payloads.baseline_stubs(path / "proto", work / "baseline-gen")
+        except (subprocess.SubprocessError, OSError, ImportError) as exc:
+            found.skip = f"cannot generate bench_pb2 from {path}/proto: {exc}"
+    return found
 
 
-def load_settings_text(settings: Settings, tools: Tools, ctx_env: Env, revision: str) -> list[str]:
+def bench_settings(args: argparse.Namespace) -> Settings:
+    gateway_args = tuple(shlex.split(args.gateway_args))
+    if args.workers:
+        gateway_args += ("--workers", str(args.workers))
+    return Settings(
+        duration=args.duration,
+        warmup=args.warmup,
+        half_duration=args.half_duration,
+        raw_in_flight=args.raw_in_flight,
+        batch_size=args.batch_size,
+        stream_size=args.stream_size,
+        gateway_args=gateway_args,
+    )
+
+
+def load_tools(args: argparse.Namespace, logs: Path) -> Tools:
+    use_tools = args.loadgen == "auto"
+    return Tools(
+        h2load=shutil.which("h2load") if use_tools else None,
+        wrk=shutil.which("wrk") if use_tools else None,
+        h2load_clients=args.h2load_clients,
+        h2load_streams=args.h2load_streams,
+        h2load_threads=args.h2load_threads,
+        wrk_threads=args.wrk_threads,
+        wrk_connections=args.wrk_connections,
+        log_dir=logs,
+    )
+
+
+def load_settings_text(
+    settings: Settings, tools: Tools, gateway_python: str, revision: str
+) -> list[str]:
     d = tools.describe()
     gateway_args = settings.gateway_args
     return [
@@ -189,163 +236,165 @@ def load_settings_text(settings: Settings, tools: Tools, ctx_env: Env, revision:
         f"durations:   warm-up {settings.warmup} s (h2load/wrk: a run of its own, then purge; "
         f"pydriver: same process, counted), peak {settings.duration} s, half peak 1 s + "
         f"{settings.half_duration} s; a fresh server process per row",
-        f"gateway:     {shlex.join([ctx_env.gateway_python, '-m', 'gateway', *gateway_args])} "
+        f"gateway:     {shlex.join([gateway_python, '-m', 'gateway', *gateway_args])} "
         f"(pip install . without the dev extra; RUN_MODE=production, LOG__LEVEL=warning), "
         f"code at {revision}",
     ]
 
 
-async def run(args: argparse.Namespace) -> int:
+@dataclass
+class Setup:
+    """One run's choices and surroundings, fixed before the first phase starts."""
+
+    args: argparse.Namespace
+    settings: Settings
+    chosen: list[Phase]
+    out: Path
+    work: Path
+    logs: Path
+    tools: Tools
+    baselines: Baselines
+    machine: dict[str, str]
+    idle_busy: float = 0.0
+
+    def env(self, amqp_url: str) -> Env:
+        return Env(
+            root=ROOT,
+            python=sys.executable,
+            gateway_python=str(self.args.gateway_venv / "bin" / "python"),
+            amqp_url=amqp_url,
+            log_dir=self.logs,
+            bench_python=self.baselines.python,
+            baselines=self.baselines.path,
+            baseline_gen=self.work / "baseline-gen",
+        )
+
+
+async def prepare(args: argparse.Namespace, settings: Settings, chosen: list[Phase]) -> Setup:
+    """Directories, tools, baselines and the machine; printed as the run's header."""
     out: Path = args.out
     work, logs = out / "work", out / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     for d in (work, logs):
         d.mkdir(parents=True, exist_ok=True)
-    gateway_args = tuple(shlex.split(args.gateway_args))
-    if args.workers:
-        gateway_args += ("--workers", str(args.workers))
-    settings = Settings(
-        duration=args.duration,
-        warmup=args.warmup,
-        half_duration=args.half_duration,
-        raw_in_flight=args.raw_in_flight,
-        batch_size=args.batch_size,
-        stream_size=args.stream_size,
-        gateway_args=gateway_args,
-    )
-    all_phases = phases(settings)
-    if args.list:
-        for p in all_phases:
-            print(f"{p.key:15} {'default' if p.default else 'opt-in ':8} {p.label}")
-        return 0
-    chosen = select(all_phases, args.phases)
-
-    use_tools = args.loadgen == "auto"
-    tools = Tools(
-        h2load=shutil.which("h2load") if use_tools else None,
-        wrk=shutil.which("wrk") if use_tools else None,
-        h2load_clients=args.h2load_clients,
-        h2load_streams=args.h2load_streams,
-        h2load_threads=args.h2load_threads,
-        wrk_threads=args.wrk_threads,
-        wrk_connections=args.wrk_connections,
-        log_dir=logs,
-    )
-    baselines, bench_python, skip = baseline_setup(args, work)
-    bench_pb2 = None
-    if skip is None and baselines is not None and any(p.baseline for p in chosen):
-        try:
-            bench_pb2 = payloads.baseline_stubs(baselines / "proto", work / "baseline-gen")
-        except (subprocess.SubprocessError, OSError, ImportError) as exc:
-            skip = f"cannot generate bench_pb2 from {baselines}/proto: {exc}"
-
-    amqp = URL(args.amqp_url)
-    vhost = broker.Vhost.from_definitions(
-        args.definitions,
-        amqp.host or "127.0.0.1",
-        amqp.port or 5672,
-        amqp.user or "guest",
-        amqp.password or "guest",
-    )
-    env = Env(
-        root=ROOT,
-        python=sys.executable,
-        gateway_python=str(args.gateway_venv / "bin" / "python"),
-        amqp_url=vhost.url,
-        log_dir=logs,
-        bench_python=bench_python,
-        baselines=baselines,
-        baseline_gen=work / "baseline-gen",
-    )
-    rabbitmq_version = await asyncio.to_thread(broker.rabbitmq_version)
+    rabbitmq_version = await asyncio.to_thread(rabbitmq.version)
     machine = report.machine(rabbitmq_version) | {"gateway_revision": gateway_revision()}
+    setup = Setup(
+        args, settings, chosen, out, work, logs, load_tools(args, logs),
+        baselines(args, chosen, work), machine,
+    )  # fmt: skip
     print(f"bench: {', '.join(p.key for p in chosen)}")
     print(
         f"machine: {machine['nproc']} x {machine['cpu']}, RabbitMQ {rabbitmq_version}, "
         f"Python {machine['python']}"
     )
-    if not tools.h2load or not tools.wrk:
+    if not setup.tools.h2load or not setup.tools.wrk:
         print(
             "load generators: h2load or wrk missing, using bench/pydriver.py for those "
             "(apt-get install nghttp2-client wrk; bench/install-tools.sh)"
         )
-    if skip:
-        print(f"baselines skipped: {skip}")
-    idle_busy = await machine_busy()
-    print(f"machine busy before the run: {idle_busy:.0f}% of one core")
+    if setup.baselines.skip:
+        print(f"baselines skipped: {setup.baselines.skip}")
+    setup.idle_busy = await machine_busy()
+    print(f"machine busy before the run: {setup.idle_busy:.0f}% of one core")
+    return setup
 
-    results: dict[str, PhaseResult] = {}
-    started = time.monotonic()
+
+async def run_phases(setup: Setup) -> dict[str, PhaseResult]:
+    """Each chosen phase, in a vhost of the run's own that goes even on Ctrl-C."""
+    vhost = rabbitmq.Vhost(setup.args.amqp_url, prefix="task-gateway-bench")
     try:
-        await vhost.create()
+        await asyncio.to_thread(vhost.create)
         print(f"vhost: {vhost.name}")
-        ctx = Context(
-            settings,
-            vhost,
-            env,
-            tools,
-            broker.broker_pid(amqp.port or 5672),
-            work,
-            bench_pb2=bench_pb2,
-            skip_baselines=skip,
-        )
-        for phase in chosen:
-            print(f"==> {phase.key}: {phase.label}", flush=True)
-            try:
-                result = await phase.run(ctx)
-            except Exception as exc:  # one broken phase must not hide the others
-                result = PhaseResult(phase.key, phase.label)
-                result.fail(f"{type(exc).__name__}: {exc}")
-            results[phase.key] = result
-            summary = (
-                f"{result.msgs_per_s:,.0f} msgs/s, p99 {result.p99_ms} ms"
-                if result.msgs_per_s is not None
-                else result.reason
+        async with topology_at(vhost.url, setup.args.definitions) as topology:
+            await topology.declare()
+            ctx = Context(
+                setup.settings,
+                topology,
+                setup.env(vhost.url),
+                setup.tools,
+                rabbitmq.broker_pid(URL(setup.args.amqp_url).port or 5672),
+                setup.work,
+                bench_pb2=setup.baselines.bench_pb2,
+                skip_baselines=setup.baselines.skip,
             )
-            print(f"    {result.status} {summary} ({result.seconds} s)", flush=True)
-            for failure in result.failures:
-                print(f"    FAIL {phase.key}: {failure}", flush=True)
+            return {phase.key: await run_phase(phase, ctx) for phase in setup.chosen}
     finally:
-        await vhost.delete()
+        await asyncio.to_thread(vhost.delete)
 
-    ordered = [results[p.key] for p in chosen if p.key in results]
-    report.add_ratios(chosen, results)
-    verdict_lines = report.verdicts(chosen, results)
-    settings_text = load_settings_text(settings, tools, env, machine["gateway_revision"])
-    print()
-    print(report.table(ordered))
-    print()
-    print(
-        f"machine:     nproc {machine['nproc']}, {machine['cpu']}, kernel {machine['kernel']}, "
-        f"RabbitMQ {rabbitmq_version} (shared, same host), Python {machine['python']}"
+
+async def run_phase(phase: Phase, ctx: Context) -> PhaseResult:
+    """One phase, and a line saying how it went."""
+    print(f"==> {phase.key}: {phase.label}", flush=True)
+    try:
+        result = await phase.run(ctx)
+    except Exception as exc:  # one broken phase must not hide the others
+        result = PhaseResult(phase.key, phase.label)
+        result.fail(f"{type(exc).__name__}: {exc}")
+    summary = (
+        f"{result.msgs_per_s:,.0f} msgs/s, p99 {result.p99_ms} ms"
+        if result.msgs_per_s is not None
+        else result.reason
     )
-    print("\n".join(settings_text))
-    print(
-        "columns:     msgs/s = tasks confirmed by RabbitMQ per second; p50/p99 per request "
-        "under peak load; p99 at half peak: open loop at half the row's peak (achieved rate "
-        "after @; in brackets raw aio-pika's p99 at that message rate, the server idle: the "
-        "broker's own tail); peak RSS: VmHWM summed over the server's processes "
-        "(raw: the publisher), "
-        "for several: how many, the largest, and their Pss summed right after the peak run "
-        "(shared libraries counted once); "
-        "CPU during the peak run in % of one core: server / RabbitMQ / load generator / "
-        "other processes / whole machine (200 = both cores)"
-    )
-    if verdict_lines:
-        print("DESIGN §9 targets:")
-        print("\n".join(verdict_lines))
+    print(f"    {result.status} {summary} ({result.seconds} s)", flush=True)
+    for failure in result.failures:
+        print(f"    FAIL {phase.key}: {failure}", flush=True)
+    return result
+
+
+COLUMNS = (
+    "columns:     msgs/s = tasks confirmed by RabbitMQ per second; p50/p99 per request "
+    "under peak load; p99 at half peak: open loop at half the row's peak (achieved rate "
+    "after @; in brackets raw aio-pika's p99 at that message rate, the server idle: the "
+    "broker's own tail); peak RSS: VmHWM summed over the server's processes "
+    "(raw: the publisher), "
+    "for several: how many, the largest, and their Pss summed right after the peak run "
+    "(shared libraries counted once); "
+    "CPU during the peak run in % of one core: server / RabbitMQ / load generator / "
+    "other processes / whole machine (200 = both cores)"
+)
+
+
+def warnings_of(setup: Setup, ordered: list[PhaseResult]) -> list[str]:
+    """Rows (and a run) slowed by other work on a shared machine."""
     warnings = [
         f"WARNING {r.key}: {r.cpu['other']:.0f}% of a core went to other processes during the "
         "peak run (a shared machine): this row is slowed by someone else's work"
         for r in ordered
         if r.cpu.get("other", 0.0) > OTHER_CPU_WARNING
     ]
-    if idle_busy > OTHER_CPU_WARNING:
+    if setup.idle_busy > OTHER_CPU_WARNING:
         warnings.insert(
             0,
-            f"WARNING: the machine was {idle_busy:.0f}% busy (of one core) before "
+            f"WARNING: the machine was {setup.idle_busy:.0f}% busy (of one core) before "
             "the run started: numbers from a machine that is not idle",
         )
+    return warnings
+
+
+def publish(setup: Setup, results: dict[str, PhaseResult], seconds: float) -> int:
+    """Print the table and its notes, write result.json; 1 when any check failed."""
+    ordered = [results[p.key] for p in setup.chosen if p.key in results]
+    report.add_ratios(setup.chosen, results)
+    verdict_lines = report.verdicts(setup.chosen, results)
+    machine = setup.machine
+    gateway_python = str(setup.args.gateway_venv / "bin" / "python")
+    settings_text = load_settings_text(
+        setup.settings, setup.tools, gateway_python, machine["gateway_revision"]
+    )
+    print()
+    print(report.table(ordered))
+    print()
+    print(
+        f"machine:     nproc {machine['nproc']}, {machine['cpu']}, kernel {machine['kernel']}, "
+        f"RabbitMQ {machine['rabbitmq']} (shared, same host), Python {machine['python']}"
+    )
+    print("\n".join(settings_text))
+    print(COLUMNS)
+    if verdict_lines:
+        print("DESIGN §9 targets:")
+        print("\n".join(verdict_lines))
+    warnings = warnings_of(setup, ordered)
     if warnings:
         print("\n".join(warnings))
     failures = [f"FAIL {r.key}: {f}" for r in ordered for f in r.failures]
@@ -354,20 +403,31 @@ async def run(args: argparse.Namespace) -> int:
         if failures
         else "verification: every count matched (messages in the queues = successful requests)"
     )
-    print(f"run took {time.monotonic() - started:.0f} s; JSON: {out / 'result.json'}")
-    report.write_json(
-        out / "result.json",
-        {
-            "machine": machine | {"busy_before_run_percent": str(idle_busy)},
-            "warnings": warnings,
-            "settings": vars(args) | {"gateway_args": list(gateway_args)},
-            "load_generators": settings_text,
-            "verdicts": verdict_lines,
-            "failures": failures,
-        },
-        ordered,
-    )
+    print(f"run took {seconds:.0f} s; JSON: {setup.out / 'result.json'}")
+    document: dict[str, Any] = {
+        "machine": machine | {"busy_before_run_percent": str(setup.idle_busy)},
+        "warnings": warnings,
+        "settings": vars(setup.args) | {"gateway_args": list(setup.settings.gateway_args)},
+        "load_generators": settings_text,
+        "verdicts": verdict_lines,
+        "failures": failures,
+    }
+    report.write_json(setup.out / "result.json", document, ordered)
     return 1 if failures else 0
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Choose the phases, prepare, run them in a vhost of their own, publish the table."""
+    settings = bench_settings(args)
+    all_phases = phases(settings)
+    if args.list:
+        for p in all_phases:
+            print(f"{p.key:15} {'default' if p.default else 'opt-in ':8} {p.label}")
+        return 0
+    setup = await prepare(args, settings, select(all_phases, args.phases))
+    started = time.monotonic()
+    results = await run_phases(setup)
+    return publish(setup, results, time.monotonic() - started)
 
 
 def main(argv: list[str] | None = None) -> int:

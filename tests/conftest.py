@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import pytest
@@ -13,9 +13,35 @@ import pytest
 from gateway.app.server import Gateway
 from gateway.broker import Broker
 from gateway.config import BrokerSettings, GrpcSettings, HttpSettings, Settings
+from tests.support import DEFINITIONS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
+__all__ = [
+    "DEFINITIONS",
+    "ROOT",
+    "make_settings",
+    "replace_settings",
+    "start_gateway",
+    "unavailable",
+]
+
+
+# A test that uses one of these fixtures needs RabbitMQ (the shared one, or the installed
+# rabbitmq-server for a private node): `pytest -m "not rabbitmq"` runs the others.
+_RABBITMQ_FIXTURES = frozenset({"rabbitmq_url", "private_rabbit"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs RabbitMQ `rabbitmq`, from the fixtures it uses."""
+    for item in items:
+        if _RABBITMQ_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.rabbitmq)
+
+
+def unavailable(tests: str, reason: str) -> NoReturn:
+    """Skip on a developer's machine; fail in CI (CI=true), so that green means they ran."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{tests} cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(f"{tests} skipped: {reason}")
 
 
 def make_settings(broker_address: str = "", **sections: Any) -> Settings:

@@ -7,25 +7,18 @@ of the run.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import DEFINITIONS
-from tests.faults.rabbit_node import RabbitNode, find_scripts
+from tests.conftest import DEFINITIONS, unavailable
+from tests.support.rabbit_node import RabbitNode, find_scripts
 
 # Filled by the fixtures and tests, printed by pytest_terminal_summary.
 BOOT_SECONDS: list[tuple[str, float]] = []
 SCENARIO_REPORTS: list[Any] = []  # tests.faults.accounting.Report
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"fault-injection tests cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(f"no private RabbitMQ for the fault-injection tests: {reason}")
 
 
 @pytest.fixture
@@ -34,7 +27,7 @@ async def private_rabbit(
 ) -> AsyncIterator[RabbitNode]:
     """A running RabbitMQ node of this test's own, stopped (killed if need be) afterwards."""
     if find_scripts() is None:
-        _unavailable("rabbitmq-server or rabbitmqctl is not on PATH")
+        unavailable("fault-injection tests", "rabbitmq-server or rabbitmqctl is not on PATH")
     node = RabbitNode(tmp_path / "rabbitmq", DEFINITIONS)
     try:
         await node.start()

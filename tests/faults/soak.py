@@ -55,10 +55,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import json
-import os
 import random
 import shutil
 import signal
@@ -72,16 +70,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aio_pika
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from tests.faults.accounting import UNKNOWN_OUTCOME, Report, account, drain
 from tests.faults.load import SERVING, Answer, HealthWatch, LoadDriver
-from tests.faults.rabbit_node import RabbitNode, find_scripts, free_port
+from tests.support import DEFINITIONS, ROOT, procs
+from tests.support.gateway_process import GatewayProcess
+from tests.support.rabbit_node import RabbitNode, find_scripts
+from tests.support.rabbitmq import topology_at
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 OUT = ROOT / "build" / "soak"
 
 # The fault suite's client deadline and margin: an answer later than both is a hang.
@@ -105,6 +102,8 @@ TASK_TYPES = ("images.generate", "videos.generate")
 QUEUE_OF = {"images.generate": "images.queue", "videos.generate": "videos.queue"}
 POLICY = "soak-max-length"
 RSS_BUCKET_SECONDS = 30.0
+# SIGTERM lets the gateway settle what is in flight; SIGKILL after this.
+STOP_GRACE_SECONDS = 20.0
 
 FAULT_KINDS = (
     "broker-stop",
@@ -115,147 +114,50 @@ FAULT_KINDS = (
     "queue-limit",
 )
 
-# Gateway processes started by this module, killed at interpreter exit if a run died before
-# its own cleanup (RabbitNode does the same for its nodes).
-_GATEWAYS: list[asyncio.subprocess.Process] = []
-
-
-@atexit.register
-def _kill_leftover_gateways() -> None:
-    for process in _GATEWAYS:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-
 
 class RunAborted(Exception):
     """The soak cannot go on (gateway died, no recovery): exit 2 after cleaning up."""
 
 
 # --------------------------------------------------------------------------------------------
-# The gateway under test, as a process of its own
+# The gateway under test, as a process of its own (tests.support.gateway_process)
 
 
-class GatewayProcess:
-    """`python -m gateway --workers 1` on free loopback ports, its output in a log file.
+def gateway_under_test(broker_url: str) -> GatewayProcess:
+    """`python -m gateway --workers 1`, its output in build/soak/gateway.log (not started).
 
     One worker runs in the started process itself (no supervisor parent), so its pid is the
     one whose /proc/<pid>/status shows the gateway's memory.
     """
+    return GatewayProcess(
+        broker_url,
+        OUT,
+        args=("--workers", "1"),
+        settings={
+            "TASK_GATEWAY__BROKER__RECONNECT_MAX_BACKOFF_SECONDS": "0.5",
+            "TASK_GATEWAY__BROKER__HEARTBEAT_SECONDS": "5",
+        },
+    )
 
-    def __init__(self, broker_url: str, log_path: Path) -> None:
-        self.grpc_port = free_port()
-        self.http_port = free_port()
-        self.log_path = log_path
-        self._broker_url = broker_url
-        self.process: asyncio.subprocess.Process | None = None
-        self.exit_code: int | None = None
 
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    async def start(self) -> None:
-        # Our environment minus any TASK_GATEWAY__* the caller exported: only ours apply.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TASK_GATEWAY__")}
-        env.update(
-            TASK_GATEWAY__RUN_MODE="production",
-            TASK_GATEWAY__BROKER__ADDRESS=self._broker_url,
-            TASK_GATEWAY__GRPC__ADDRESS=self.grpc_address,
-            TASK_GATEWAY__SERVER__ADDRESS=f"127.0.0.1:{self.http_port}",
-            TASK_GATEWAY__BROKER__RECONNECT_MAX_BACKOFF_SECONDS="0.5",
-            TASK_GATEWAY__BROKER__HEARTBEAT_SECONDS="5",
-            # At info the gateway logs every request: a large log and a slower gateway.
-            TASK_GATEWAY__LOG__LEVEL="warning",
-        )
-        with self.log_path.open("wb") as log:  # the child keeps its own descriptor
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,  # the venv's python when run as `make soak`
-                "-m",
-                "gateway",
-                "--workers",
-                "1",
-                cwd=ROOT,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stopped by pid, nothing else
-            )
-        _GATEWAYS.append(self.process)
-
-    async def wait_serving(self, timeout: float = 30.0) -> float:
-        """Poll Health/Check until SERVING; the seconds it took."""
-        started = time.monotonic()
-        async with grpc.aio.insecure_channel(self.grpc_address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if not self.alive:
-                    raise RunAborted(f"the gateway exited at start-up:\n{self.log_tail()}")
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if response.status == SERVING:
-                        return time.monotonic() - started
-                if time.monotonic() - started > timeout:
-                    raise RunAborted(f"the gateway was not SERVING within {timeout}s")
-                await asyncio.sleep(0.1)
-
-    def memory_kb(self) -> dict[str, int]:
-        """VmRSS and VmHWM (kB) from /proc/<pid>/status; empty once the process is gone."""
-        if not self.alive:
-            return {}
-        assert self.process is not None
-        found = {}
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    found[key] = int(value.split()[0])
-        return found
-
-    async def stop(self, grace: float = 20.0) -> int | None:
-        """SIGTERM (the gateway settles what is in flight), SIGKILL after `grace`."""
-        if self.process is None:
-            return None
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
+def log_levels(log_path: Path) -> tuple[dict[str, int], list[str]]:
+    """Lines of the gateway's log by level, errors also by logger (JSON lines; anything
+    else, e.g. a traceback on stderr, is "raw"), and the first error lines."""
+    levels: Counter[str] = Counter()
+    errors: list[str] = []
+    with contextlib.suppress(OSError), log_path.open(errors="replace") as log:
+        for line in log:
             try:
-                await asyncio.wait_for(self.process.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                await self.process.wait()
-        self.exit_code = self.process.returncode
-        return self.exit_code
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def log_levels(self) -> tuple[dict[str, int], list[str]]:
-        """Lines of the gateway's log by level, errors also by logger (JSON lines; anything
-        else, e.g. a traceback on stderr, is "raw"), and the first error lines."""
-        levels: Counter[str] = Counter()
-        errors: list[str] = []
-        with contextlib.suppress(OSError), self.log_path.open(errors="replace") as log:
-            for line in log:
-                try:
-                    event = json.loads(line)
-                    level = str(event.get("level", "?"))
-                    if level in ("error", "critical"):
-                        level += f" ({event.get('logger', 'gateway')})"
-                except (ValueError, AttributeError):
-                    level = "raw"
-                levels[level] += 1
-                if not level.startswith(("warning", "info", "debug")) and len(errors) < 20:
-                    errors.append(line.strip()[:500])
-        return dict(levels), errors
+                event = json.loads(line)
+                level = str(event.get("level", "?"))
+                if level in ("error", "critical"):
+                    level += f" ({event.get('logger', 'gateway')})"
+            except (ValueError, AttributeError):
+                level = "raw"
+            levels[level] += 1
+            if not level.startswith(("warning", "info", "debug")) and len(errors) < 20:
+                errors.append(line.strip()[:500])
+    return dict(levels), errors
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,9 +228,8 @@ class Sampler:
 
     async def _sample_rss(self) -> None:
         while True:
-            memory = self.gateway.memory_kb()
-            if "VmRSS" in memory:
-                self.rss.append((time.monotonic() - self.t0, memory["VmRSS"] / 1024))
+            if self.gateway.alive:
+                self.rss.append((time.monotonic() - self.t0, procs.rss_mb(self.gateway.pids())))
             await asyncio.sleep(1.0)
 
     async def _watch_lag(self) -> None:
@@ -380,7 +281,6 @@ class Injector:
         self.health = health
         self.rng = rng
         self.t0 = t0
-        self.definitions: dict[str, Any] = json.loads(DEFINITIONS.read_text())
         self.faults: list[Fault] = []
         self._bag: list[str] = []
 
@@ -468,15 +368,11 @@ class Injector:
 
     async def _exchange_delete(self, fault: Fault) -> None:
         exchange = self.rng.choice(["images.tasks", "videos.tasks"])
-        connection = await aio_pika.connect(self.node.url)
-        try:
-            channel = await connection.channel()
-            await channel.exchange_delete(exchange)
+        async with topology_at(self.node.url) as topology:
+            await topology.delete_exchange(exchange)
             hold = self.rng.uniform(1.0, 5.0)
             await asyncio.sleep(hold)
-            await self._declare_exchanges(channel, only=exchange)
-        finally:
-            await connection.close()
+            await topology.declare_exchange(exchange)
         fault.cleared_at = self.now()
         fault.detail = f"{exchange} deleted for {hold:.1f}s, re-declared from definitions.json"
 
@@ -489,16 +385,12 @@ class Injector:
         # enough that the depth cannot pass it while rabbitmqctl applies the policy (well
         # under a second), small enough that the queue fills and nacks within seconds.
         rate = self.answers.ok_rate(task_type)
-        depth = await self._depth(queue)
+        depth = (await self.depths())[queue]
         slack = max(200, round(rate * 4))
         limit = depth + slack
         read_at = time.monotonic()
         mark = self.answers.mark()
-        await self.node.ctl(
-            "set_policy", "-p", "/", "--apply-to", "queues", POLICY,
-            f"^{queue.replace('.', '[.]')}$",
-            json.dumps({"max-length": limit, "overflow": "reject-publish"}),
-        )  # fmt: skip
+        await self.node.limit_queue(POLICY, queue, limit)
         applied_in = time.monotonic() - read_at
         # Held until the full queue has nacked a few requests (or 20 s), then a little more.
         try:
@@ -519,8 +411,7 @@ class Injector:
         except RunAborted:
             nacked_after = "no nacks within 20s"
         await self._hold(1.0, 3.0)
-        await self.node.ctl("clear_policy", "-p", "/", POLICY)
-        await self._wait_policy(queue, "")
+        await self.node.clear_queue_limit(POLICY, queue)
         fault.cleared_at = self.now()
         fault.detail = (
             f"{queue} max-length {limit} (depth {depth} + {slack}, at {rate:.0f} OK/s), "
@@ -529,52 +420,9 @@ class Injector:
 
     # -- helpers
 
-    async def _depth(self, queue: str) -> int:
-        connection = await aio_pika.connect(self.node.url)
-        try:
-            channel = await connection.channel()
-            declared = await channel.declare_queue(queue, passive=True)
-            return declared.declaration_result.message_count or 0
-        finally:
-            await connection.close()
-
     async def depths(self) -> dict[str, int]:
-        return {queue: await self._depth(queue) for queue in QUEUE_OF.values()}
-
-    async def _wait_policy(self, queue: str, policy: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            listing = await self.node.ctl(
-                "list_queues", "-p", "/", "name", "policy", "--no-table-headers"
-            )
-            rows = dict([*line.split("\t"), ""][:2] for line in listing.splitlines() if line)
-            if rows.get(queue, "").strip() == policy:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{queue} did not get policy {policy!r}: {rows}")
-            await asyncio.sleep(0.1)
-
-    async def _declare_exchanges(
-        self, channel: aio_pika.abc.AbstractChannel, only: str | None = None
-    ) -> None:
-        """Exchanges and their bindings as deploy/rabbitmq/definitions.json declares them."""
-        for spec in self.definitions["exchanges"]:
-            if only is not None and spec["name"] != only:
-                continue
-            exchange = await channel.declare_exchange(
-                spec["name"],
-                spec["type"],
-                durable=spec["durable"],
-                auto_delete=spec["auto_delete"],
-                internal=spec["internal"],
-                arguments=spec["arguments"] or None,
-            )
-            for binding in self.definitions["bindings"]:
-                if binding["source"] == spec["name"] and binding["destination_type"] == "queue":
-                    queue = await channel.declare_queue(binding["destination"], passive=True)
-                    await queue.bind(
-                        exchange, binding["routing_key"], arguments=binding["arguments"] or None
-                    )
+        async with topology_at(self.node.url) as topology:
+            return await topology.counts()
 
     async def restore(self) -> list[str]:
         """Undo every kind of fault, whatever is active (idempotent); what it had to undo."""
@@ -587,21 +435,14 @@ class Injector:
         if POLICY in policies:
             await self.node.ctl("clear_policy", "-p", "/", POLICY)
             undone.append("queue limit cleared")
-        connection = await aio_pika.connect(self.node.url)
-        try:
-            channel = await connection.channel()
-            missing = []
-            for spec in self.definitions["exchanges"]:
-                try:
-                    probe = await connection.channel()
-                    await probe.declare_exchange(spec["name"], passive=True)
-                    await probe.close()
-                except aio_pika.exceptions.ChannelClosed:
-                    missing.append(spec["name"])
-            await self._declare_exchanges(channel)  # bindings too, in case one was lost
-            undone += [f"{name} re-declared" for name in missing]
-        finally:
-            await connection.close()
+        present = (
+            await self.node.ctl("list_exchanges", "-p", "/", "name", "--no-table-headers")
+        ).split()
+        async with topology_at(self.node.url) as topology:
+            for spec in topology.definitions["exchanges"]:
+                await topology.declare_exchange(spec["name"])  # bindings too, in case one was lost
+                if spec["name"] not in present:
+                    undone.append(f"{spec['name']} re-declared")
         return undone
 
 
@@ -646,7 +487,7 @@ async def run(args: argparse.Namespace, result: Result) -> None:
     base = OUT / "rabbitmq"
     shutil.rmtree(base, ignore_errors=True)  # a previous run's node data
     node = RabbitNode(base, DEFINITIONS)
-    gateway = GatewayProcess(node.url, OUT / "gateway.log")
+    gateway = gateway_under_test(node.url)
     rng = random.Random(args.seed)
     try:
         async with asyncio.timeout(cap) as limit:
@@ -659,8 +500,8 @@ async def run(args: argparse.Namespace, result: Result) -> None:
     finally:
         # Bounded, and on every path (Ctrl-C included): no gateway or node outlives the run.
         with contextlib.suppress(Exception):
-            result.gateway_exit = await gateway.stop()
-        result.gateway_log_levels, result.gateway_log_errors = gateway.log_levels()
+            result.gateway_exit = await gateway.stop(grace=STOP_GRACE_SECONDS)
+        result.gateway_log_levels, result.gateway_log_errors = log_levels(OUT / "gateway.log")
         try:
             await node.close()
         finally:
@@ -681,17 +522,19 @@ async def _run(
 ) -> None:
     print(f"booting a private RabbitMQ node under {node.base} ...", flush=True)
     await node.start()
-    await gateway.start()
-    await gateway.wait_serving()
+    try:
+        await gateway.start()
+    except RuntimeError as exc:
+        raise RunAborted(str(exc)) from None
     print(
-        f"gateway pid {gateway.process.pid if gateway.process else '?'} serving on "
-        f"{gateway.grpc_address} (REST :{gateway.http_port}); "
+        f"gateway pid {gateway.pids()[0]} serving on "
+        f"{gateway.addresses.grpc} (REST {gateway.addresses.http}); "
         f"{args.minutes:g} min of load, seed {args.seed}, {args.clients} clients",
         flush=True,
     )
     load = LoadDriver(
-        gateway.grpc_address,
-        gateway.http_port,
+        gateway.addresses.grpc,
+        gateway.addresses.http_port,
         run=f"soak-{args.seed}-{int(time.time())}",
         clients=args.clients,
         deadline=DEADLINE,
@@ -699,7 +542,7 @@ async def _run(
         max_requests=50_000_000,  # bounded by time, not by count
         max_seconds=duration + 60.0,  # stopped explicitly; this only bounds a runaway
     )
-    health = HealthWatch(gateway.grpc_address)
+    health = HealthWatch(gateway.addresses.grpc)
     async with health, load:
         t0 = time.monotonic()
         result.t0 = t0
@@ -726,9 +569,9 @@ async def _run(
             # Every client waits for its last answer (bounded by deadline + margin).
             await load.stop()
             result.load_seconds = time.monotonic() - t0
-            memory = gateway.memory_kb()
+            peak_rss_mb = procs.peak_rss_mb(gateway.pids()) if gateway.alive else None
             await sampler.stop()
-            result.peak_rss_mb = memory["VmHWM"] / 1024 if "VmHWM" in memory else None
+            result.peak_rss_mb = peak_rss_mb
             result.max_loop_lag = sampler.max_lag
             result.health = [
                 (at - t0, health_pb2.HealthCheckResponse.ServingStatus.Name(status))
@@ -740,7 +583,7 @@ async def _run(
     # Stopped before draining: publishes still in flight (shielded, finishing in the
     # background after a deadline) settle during its graceful shutdown, and nothing can
     # land in the queues after the drain began.
-    result.gateway_exit = await gateway.stop()
+    result.gateway_exit = await gateway.stop(grace=STOP_GRACE_SECONDS)
     result.depths_before_drain = await injector.depths()
     # Whatever the hard cap leaves: a long soak queues hundreds of thousands of messages.
     cap_at = limit.when()
@@ -779,10 +622,8 @@ async def _inject_faults(
 
 def _check_alive(gateway: GatewayProcess) -> None:
     if not gateway.alive:
-        raise RunAborted(
-            f"the gateway exited ({gateway.process.returncode if gateway.process else '?'}) "
-            f"mid-run:\n{gateway.log_tail()}"
-        )
+        status = gateway.child.process.returncode if gateway.child else "?"
+        raise RunAborted(f"the gateway exited ({status}) mid-run:\n{gateway.log_tail()}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -838,21 +679,23 @@ def _explain(answer: Answer, faults: Sequence[Fault], t0: float) -> str:
     )
 
 
-def table(result: Result) -> tuple[str, dict[str, Any]]:
-    """The printed table and the JSON document."""
-    report, t0 = result.report, result.t0
-    mid = result.load_seconds / 2
-    rss_start = next((mb for at, mb in result.rss if at >= 0), None)
-    rss_mid = _rss_at(result.rss, mid)
-    rss_end = _rss_at(result.rss, result.load_seconds)
-    buckets = _rss_buckets(result.rss, result.load_seconds)
+def _mb(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
+
+
+def _rss_points(result: Result) -> dict[str, float | None]:
+    """VmRSS at the start, middle and end of the load."""
+    return {
+        "start": next((mb for at, mb in result.rss if at >= 0), None),
+        "middle": _rss_at(result.rss, result.load_seconds / 2),
+        "end": _rss_at(result.rss, result.load_seconds),
+    }
+
+
+def _run_rows(result: Result) -> list[tuple[str, str]]:
+    """How long, with what, and which faults when."""
     kinds = Counter(f.kind for f in result.faults)
-    recoveries = [f.recovered_in for f in result.faults if f.recovered_in is not None]
-
-    def mb(value: float | None) -> str:
-        return "?" if value is None else f"{value:.1f}"
-
-    rows: list[tuple[str, str]] = [
+    rows = [
         (
             "duration",
             f"{result.load_seconds:.1f}s of load ({result.minutes:g} min asked), "
@@ -866,40 +709,42 @@ def table(result: Result) -> tuple[str, dict[str, Any]]:
         ),
     ]
     for kind in sorted(kinds):
-        rows.append(
-            (
-                f"  {kind} at",
-                ", ".join(f"{f.at:.1f}s" for f in result.faults if f.kind == kind),
-            )
-        )
-    if report is not None:
-        found = _codes(report.found_by_code)
-        unknown = sum(n for code, n in report.found_by_code.items() if code in UNKNOWN_OUTCOME)
-        rows += [
-            ("sent", str(report.sent)),
-            ("OK", str(report.ok)),
-            ("errors by code", _codes(report.errors) or "none"),
-            (
-                "messages found",
-                f"{report.found} ({found}; {unknown} for unknown-outcome answers)",
-            ),
-            ("lost (must be 0)", str(len(report.lost))),
-            ("phantom (must be 0)", str(len(report.phantom))),
-            ("duplicates", str(len(report.duplicates))),
-            ("strangers / mismatched", f"{len(report.strangers)} / {len(report.mismatched)}"),
-            (
-                "hangs (must be 0)",
-                f"{len(report.hangs)} (> {DEADLINE + MARGIN}s); "
-                f"max latency {report.max_latency:.3f}s",
-            ),
-        ]
-    else:
-        rows.append(("accounting", "not done (the run did not complete)"))
-    rows += [
+        at = ", ".join(f"{f.at:.1f}s" for f in result.faults if f.kind == kind)
+        rows.append((f"  {kind} at", at))
+    return rows
+
+
+def _accounting_rows(report: Report | None) -> list[tuple[str, str]]:
+    """What the clients were told against what reached the queues."""
+    if report is None:
+        return [("accounting", "not done (the run did not complete)")]
+    found = _codes(report.found_by_code)
+    unknown = sum(n for code, n in report.found_by_code.items() if code in UNKNOWN_OUTCOME)
+    return [
+        ("sent", str(report.sent)),
+        ("OK", str(report.ok)),
+        ("errors by code", _codes(report.errors) or "none"),
+        ("messages found", f"{report.found} ({found}; {unknown} for unknown-outcome answers)"),
+        ("lost (must be 0)", str(len(report.lost))),
+        ("phantom (must be 0)", str(len(report.phantom))),
+        ("duplicates", str(len(report.duplicates))),
+        ("strangers / mismatched", f"{len(report.strangers)} / {len(report.mismatched)}"),
+        (
+            "hangs (must be 0)",
+            f"{len(report.hangs)} (> {DEADLINE + MARGIN}s); max latency {report.max_latency:.3f}s",
+        ),
+    ]
+
+
+def _gateway_rows(result: Result, rss: dict[str, float | None]) -> list[tuple[str, str]]:
+    """The gateway's memory, recoveries and exit, the driver's own lag, and the verdict."""
+    recoveries = sorted(f.recovered_in for f in result.faults if f.recovered_in is not None)
+    buckets = _rss_buckets(result.rss, result.load_seconds)
+    return [
         (
             "gateway peak RSS (MB)",
-            f"{mb(result.peak_rss_mb)} (VmHWM); VmRSS start {mb(rss_start)}, "
-            f"middle {mb(rss_mid)}, end {mb(rss_end)}",
+            f"{_mb(result.peak_rss_mb)} (VmHWM); VmRSS start {_mb(rss['start'])}, "
+            f"middle {_mb(rss['middle'])}, end {_mb(rss['end'])}",
         ),
         (
             f"VmRSS max per {RSS_BUCKET_SECONDS:.0f}s",
@@ -907,12 +752,9 @@ def table(result: Result) -> tuple[str, dict[str, Any]]:
         ),
         (
             "recovery after clearing",
-            (
-                f"median {sorted(recoveries)[len(recoveries) // 2]:.1f}s, "
-                f"max {max(recoveries):.1f}s"
-                if recoveries
-                else "n/a"
-            ),
+            f"median {recoveries[len(recoveries) // 2]:.1f}s, max {recoveries[-1]:.1f}s"
+            if recoveries
+            else "n/a",
         ),
         ("node boots (s)", " ".join(f"{s:.1f}" for s in result.node_boots)),
         (
@@ -926,19 +768,17 @@ def table(result: Result) -> tuple[str, dict[str, Any]]:
             + (_codes(result.gateway_log_levels) or "none")
             + f" ({OUT.relative_to(ROOT) / 'gateway.log'})",
         ),
-        (
-            "verdict",
-            "PASS" if not result.failures else "FAIL: " + "; ".join(result.failures),
-        ),
+        ("verdict", "PASS" if not result.failures else "FAIL: " + "; ".join(result.failures)),
     ]
-    width = max(len(k) for k, _ in rows)
-    lines = ["", "soak result", "-" * (width + 60)]
-    lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
-    lines += ["-" * (width + 60), "faults (seconds since the load began):"]
-    lines.append(
+
+
+def _fault_lines(result: Result) -> list[str]:
+    """One line per fault: when, what, how long held, how soon back, the answers meanwhile."""
+    lines = [
+        "faults (seconds since the load began):",
         f"  {'#':>2}  {'at':>6}  {'kind':<18} {'held':>5}  {'back':>5}  "
-        "answers while active; detail"
-    )
+        "answers while active; detail",
+    ]
     for i, f in enumerate(result.faults, 1):
         back = f"{f.recovered_in:5.1f}" if f.recovered_in is not None else "   --"
         lines.append(
@@ -946,22 +786,35 @@ def table(result: Result) -> tuple[str, dict[str, Any]]:
             f"{_codes(f.answers_while_active) or '-'}; {f.detail}"
             + (f" [tooling error: {f.error}]" if f.error else "")
         )
-    evidence: dict[str, list[str]] = {}
-    if report is not None:
-        evidence = {
-            "lost": [_explain(a, result.faults, t0) for a in report.lost[:20]],
-            "phantom": [
-                f"{_explain(a, result.faults, t0)} (stored {n}x)" for a, n in report.phantom[:20]
-            ],
-            "hangs": [_explain(a, result.faults, t0) for a in report.hangs[:20]],
-            "duplicates": [f"{task} x{n}" for task, n in list(report.duplicates.items())[:20]],
-            "strangers": [str(m) for m in report.strangers[:20]],
-            "mismatched": report.mismatched[:20],
-        }
-        for name, items in evidence.items():
-            if items:
-                lines.append(f"{name} (first {len(items)}):")
-                lines += [f"  {item}" for item in items]
+    return lines
+
+
+def _evidence(result: Result) -> dict[str, list[str]]:
+    """The first few answers or messages behind each non-zero count, each with its fault."""
+    report, t0 = result.report, result.t0
+    if report is None:
+        return {}
+    return {
+        "lost": [_explain(a, result.faults, t0) for a in report.lost[:20]],
+        "phantom": [
+            f"{_explain(a, result.faults, t0)} (stored {n}x)" for a, n in report.phantom[:20]
+        ],
+        "hangs": [_explain(a, result.faults, t0) for a in report.hangs[:20]],
+        "duplicates": [f"{task} x{n}" for task, n in list(report.duplicates.items())[:20]],
+        "strangers": [str(m) for m in report.strangers[:20]],
+        "mismatched": report.mismatched[:20],
+    }
+
+
+def _text(result: Result, rows: list[tuple[str, str]], evidence: dict[str, list[str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    lines = ["", "soak result", "-" * (width + 60)]
+    lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += ["-" * (width + 60), *_fault_lines(result)]
+    for name, items in evidence.items():
+        if items:
+            lines.append(f"{name} (first {len(items)}):")
+            lines += [f"  {item}" for item in items]
     if result.loop_lags:
         worst = sorted(result.loop_lags, key=lambda lag: -lag[1])[:5]
         lines.append(
@@ -971,7 +824,27 @@ def table(result: Result) -> tuple[str, dict[str, Any]]:
     if result.gateway_log_errors:
         lines.append("gateway log errors (first lines):")
         lines += [f"  {line}" for line in result.gateway_log_errors[:5]]
-    document: dict[str, Any] = {
+    return "\n".join(lines)
+
+
+def _document(
+    result: Result,
+    rows: list[tuple[str, str]],
+    evidence: dict[str, list[str]],
+    rss: dict[str, float | None],
+) -> dict[str, Any]:
+    """result.json: the table's rows and every figure behind them."""
+    report = result.report
+    counts: dict[str, Any] = {
+        "sent": report.sent if report else None,
+        "ok": report.ok if report else None,
+        "errors": report.errors if report else None,
+        "found": report.found if report else None,
+        "found_by_code": report.found_by_code if report else None,
+    }
+    for name in ("lost", "phantom", "duplicates", "strangers", "mismatched", "hangs"):
+        counts[name] = len(getattr(report, name)) if report else None
+    return {
         "table": dict(rows),
         "minutes": result.minutes,
         "seed": result.seed,
@@ -981,23 +854,13 @@ def table(result: Result) -> tuple[str, dict[str, Any]]:
         "load_seconds": result.load_seconds,
         "wall_seconds": result.wall_seconds,
         "faults": [asdict(f) | {"held": f.held} for f in result.faults],
-        "faults_by_kind": dict(kinds),
-        "sent": report.sent if report else None,
-        "ok": report.ok if report else None,
-        "errors": report.errors if report else None,
-        "found": report.found if report else None,
-        "found_by_code": report.found_by_code if report else None,
-        "lost": len(report.lost) if report else None,
-        "phantom": len(report.phantom) if report else None,
-        "duplicates": len(report.duplicates) if report else None,
-        "strangers": len(report.strangers) if report else None,
-        "mismatched": len(report.mismatched) if report else None,
-        "hangs": len(report.hangs) if report else None,
+        "faults_by_kind": dict(Counter(f.kind for f in result.faults)),
+        **counts,
         "max_latency_seconds": report.max_latency if report else None,
         "evidence": evidence,
         "peak_rss_mb": result.peak_rss_mb,
-        "rss_mb": {"start": rss_start, "middle": rss_mid, "end": rss_end},
-        "rss_max_per_bucket_mb": buckets,
+        "rss_mb": rss,
+        "rss_max_per_bucket_mb": _rss_buckets(result.rss, result.load_seconds),
         "rss_samples": [[round(at, 1), round(v, 2)] for at, v in result.rss],
         "node_boot_seconds": result.node_boots,
         "health": result.health,
@@ -1013,7 +876,14 @@ def table(result: Result) -> tuple[str, dict[str, Any]]:
         "failures": result.failures,
         "passed": not result.failures,
     }
-    return "\n".join(lines), document
+
+
+def table(result: Result) -> tuple[str, dict[str, Any]]:
+    """The printed table and the JSON document."""
+    rss = _rss_points(result)
+    rows = _run_rows(result) + _accounting_rows(result.report) + _gateway_rows(result, rss)
+    evidence = _evidence(result)
+    return _text(result, rows, evidence), _document(result, rows, evidence, rss)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from yarl import URL
 from tests.conftest import DEFINITIONS
 from tests.faults.accounting import Drained, account
 from tests.faults.load import KINDS, Answer
-from tests.faults.rabbit_node import RabbitNode
+from tests.support.rabbit_node import RabbitNode
 
 
 def _answer(task_id: str, code: str) -> Answer:

@@ -11,22 +11,19 @@ health is SERVING again.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from collections.abc import Iterable
 from typing import Any
 
-import aio_pika
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import DEFINITIONS, make_settings, replace_settings
+from tests.conftest import make_settings, replace_settings
 from tests.faults.accounting import Report, account, drain
 from tests.faults.conftest import SCENARIO_REPORTS
 from tests.faults.load import NOT_SERVING, SERVING, Answer, HealthWatch, LoadDriver
-from tests.faults.rabbit_node import RabbitNode
 from tests.integration.conftest import wait_connected
+from tests.support.rabbit_node import RabbitNode
+from tests.support.rabbitmq import topology_at
 
 DEADLINE = 2.0
 MARGIN = 0.5
@@ -88,13 +85,11 @@ class Scenario:
     async def stop_load(self) -> None:
         """Stop the clients, then wait (bounded) until no publish is left waiting for a confirm."""
         await self.load.stop()
-        deadline = time.monotonic() + PUBLISH_TIMEOUT + 2
-        while self.gateway.ingestor.in_flight:
-            assert time.monotonic() < deadline, (
-                f"{self.gateway.ingestor.in_flight} publishes still waiting for a confirm "
-                f"{PUBLISH_TIMEOUT + 2}s after the load stopped"
-            )
-            await asyncio.sleep(0.05)
+        pending = await self.gateway.ingestor.drain(PUBLISH_TIMEOUT + 2)
+        assert pending == 0, (
+            f"{pending} publishes still waiting for a confirm "
+            f"{PUBLISH_TIMEOUT + 2}s after the load stopped"
+        )
 
     async def probe(self) -> list[Answer]:
         """Fresh requests of every kind after the fault: served again without a restart."""
@@ -322,11 +317,8 @@ async def test_full_queue_nacks_are_never_ok(
 ) -> None:
     """A queue full under reject-publish nacks: those become UNAVAILABLE, never OK, nothing
     stored, other queues unaffected; clearing the limit restores service."""
-    await private_rabbit.ctl(
-        "set_policy", "-p", "/", "--apply-to", "queues", "fault-max-length",
-        r"^images\.queue$", '{"max-length": 50, "overflow": "reject-publish"}',
-    )  # fmt: skip
-    await _wait_policy(private_rabbit, "images.queue", "fault-max-length")
+    await private_rabbit.limit_queue("fault-max-length", "images.queue", 50)
+    await private_rabbit.wait_policy("images.queue", "fault-max-length")
     running = await _start(start_gateway, private_rabbit)
     async with Scenario("queue full (reject-publish)", private_rabbit, running) as scenario:
         load = scenario.load
@@ -341,8 +333,7 @@ async def test_full_queue_nacks_are_never_ok(
         )
         await scenario.stop_load()
         during = list(load.answers)
-        await private_rabbit.ctl("clear_policy", "-p", "/", "fault-max-length")
-        await _wait_policy(private_rabbit, "images.queue", "")
+        await private_rabbit.clear_queue_limit("fault-max-length", "images.queue")
         probe = await scenario.probe()
     report = await scenario.account()
     images = [a for a in during if a.kind.task_type == "images.generate"]
@@ -365,39 +356,32 @@ async def test_exchange_deleted_and_recreated(
     requests (others all OK), publishes nothing for those it refused, and serves again once it
     is back."""
     running = await _start(start_gateway, private_rabbit)
-    definitions = json.loads(DEFINITIONS.read_text())
     images_refused = ["FAILED_PRECONDITION", "HTTP_400"]
     windows: list[tuple[float, float]] = []
-    admin = await aio_pika.connect(private_rabbit.url)
-    try:
-        channel = await admin.channel()
-        async with Scenario("exchange deleted/re-created", private_rabbit, running) as scenario:
-            load = scenario.load
-            await scenario.warm_up()
-            for _ in range(EXCHANGE_CYCLES):
-                deleted_at = time.monotonic()
-                await channel.exchange_delete("images.tasks")
-                await load.wait_until(
-                    load.reached(20, images_refused, since=deleted_at, task_type="images.generate"),
-                    15,
-                    "requests to the deleted exchange refused",
-                )
-                recreated_at = time.monotonic()
-                exchange = await channel.declare_exchange("images.tasks", "direct", durable=True)
-                queue = await channel.declare_queue("images.queue", passive=True)
-                for binding in definitions["bindings"]:
-                    if binding["source"] == "images.tasks":
-                        await queue.bind(exchange, binding["routing_key"])
-                windows.append((deleted_at, recreated_at))
-                await load.wait_until(
-                    load.reached(30, ["OK"], since=recreated_at, task_type="images.generate"),
-                    30,
-                    "images OK once the exchange is back",
-                )
-            await scenario.stop_load()
-            probe = await scenario.probe()
-    finally:
-        await admin.close()
+    async with (
+        topology_at(private_rabbit.url) as topology,
+        Scenario("exchange deleted/re-created", private_rabbit, running) as scenario,
+    ):
+        load = scenario.load
+        await scenario.warm_up()
+        for _ in range(EXCHANGE_CYCLES):
+            deleted_at = time.monotonic()
+            await topology.delete_exchange("images.tasks")
+            await load.wait_until(
+                load.reached(20, images_refused, since=deleted_at, task_type="images.generate"),
+                15,
+                "requests to the deleted exchange refused",
+            )
+            recreated_at = time.monotonic()
+            await topology.declare_exchange("images.tasks")  # with its bindings
+            windows.append((deleted_at, recreated_at))
+            await load.wait_until(
+                load.reached(30, ["OK"], since=recreated_at, task_type="images.generate"),
+                30,
+                "images OK once the exchange is back",
+            )
+        await scenario.stop_load()
+        probe = await scenario.probe()
     report = await scenario.account()
     images = [
         a
@@ -461,16 +445,3 @@ async def test_gateway_stopped_mid_load(private_rabbit: RabbitNode, start_gatewa
     assert max(a.latency for a in after) < DEADLINE / 2
     assert running.gateway.ingestor.in_flight == 0
     assert (await private_rabbit.ctl("list_connections", "name")).strip() == ""
-
-
-async def _wait_policy(node: RabbitNode, queue: str, policy: str) -> None:
-    """Poll (bounded) until `queue` shows `policy` as its effective policy ("" for none)."""
-    deadline = time.monotonic() + 15
-    while True:
-        listing = await node.ctl("list_queues", "-p", "/", "name", "policy", "--no-table-headers")
-        rows = dict([*line.split("\t"), ""][:2] for line in listing.splitlines() if line)
-        if rows.get(queue, "").strip() == policy:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"{queue} did not get policy {policy!r}: {rows}")
-        await asyncio.sleep(0.1)

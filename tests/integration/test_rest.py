@@ -1,4 +1,5 @@
-"""The REST shim against the real RabbitMQ: the legacy contract and the error table over HTTP."""
+"""The REST shim against the real RabbitMQ: what lands in the queues, and the answers only a real
+broker gives (unroutable, a missing exchange, readiness). Broker-free errors: tests/service."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from google.protobuf import json_format
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from tests.conftest import make_settings, replace_settings
+from tests.conftest import make_settings
 from tests.integration.conftest import Topology, wait_connected
 from tests.integration.test_publish import LEGACY_EXAMPLE
 
@@ -123,88 +124,6 @@ async def test_headers_are_forwarded_as_call_metadata(
     assert [m.headers["traceparent"] for m in messages] == [traceparent, traceparent]
 
 
-BAD_REQUESTS: list[tuple[str, str, str, bytes, dict[str, str], int, int, list[str]]] = [
-    # (id, verb, path, body, headers, http status, grpc code, words in the message)
-    ("unknown-task-type", "POST", "/api/v1/broker/publish",
-     json.dumps({**LEGACY_EXAMPLE, "task_type": "images.upscale"}).encode(), {}, 400, 3,
-     ["images.upscale", "images.generate"]),
-    ("bad-user-id", "POST", "/api/v1/broker/publish",
-     json.dumps({**LEGACY_EXAMPLE, "user_id": "a:b"}).encode(), {}, 400, 3, ["user_id", "':'"]),
-    ("unknown-field", "POST", "/api/v1/broker/publish",
-     json.dumps({**LEGACY_EXAMPLE, "priority": 1}).encode(), {}, 400, 3, ["priority"]),
-    ("wrong-type", "POST", "/api/v1/images/generate",
-     json.dumps({"user_id": "1", "payload": {"width": "wide"}}).encode(), {}, 400, 3,
-     ["payload.width"]),
-    ("malformed-json", "POST", "/api/v1/broker/publish", b'{"user_id": "1",\n "task_type": }',
-     {}, 400, 3, ["line 2 column 15"]),
-    ("not-an-object", "POST", "/api/v1/broker/publish", b"[1, 2]", {}, 400, 3, ["JSON object"]),
-    ("duplicate-key", "POST", "/api/v1/broker/publish", b'{"user_id": "1", "user_id": "2"}',
-     {}, 400, 3, ["duplicate key 'user_id'"]),
-    ("bad-grpc-timeout", "POST", "/api/v1/broker/publish", json.dumps(LEGACY_EXAMPLE).encode(),
-     {"Grpc-Timeout": "soon"}, 400, 3, ["Grpc-Timeout"]),
-    ("oversized", "POST", "/api/v1/broker/publish",
-     json.dumps({**LEGACY_EXAMPLE, "user_id": "x" * 5000}).encode(), {}, 413, 8, ["4096"]),
-    ("not-json", "POST", "/api/v1/broker/publish", b"user_id=1",
-     {"Content-Type": "application/x-www-form-urlencoded"}, 415, 3, ["application/json"]),
-    ("wrong-method", "GET", "/api/v1/broker/publish", b"", {}, 405, 12, ["POST"]),
-    ("unknown-path", "POST", "/api/v1/broker/publish-all", b"{}", {}, 404, 5,
-     ["/api/v1/broker/publish-all"]),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("verb", "path", "body", "headers", "status", "code", "words"),
-    [pytest.param(*case[1:], id=case[0]) for case in BAD_REQUESTS],
-)
-async def test_bad_rest_request_gets_its_status_and_publishes_nothing(
-    start_gateway: Any,
-    rabbitmq_url: str,
-    topology: Topology,
-    http: aiohttp.ClientSession,
-    verb: str,
-    path: str,
-    body: bytes,
-    headers: dict[str, str],
-    status: int,
-    code: int,
-    words: list[str],
-) -> None:
-    """Each bad request gets its HTTP status and google.rpc.Status body; nothing is queued."""
-    settings = replace_settings(make_settings(rabbitmq_url), "grpc", max_request_bytes=4096)
-    running = await start_gateway(settings)
-    await wait_connected(running.gateway)
-
-    async with http.request(
-        verb, url(running, path), data=body, headers={"Content-Type": "application/json", **headers}
-    ) as response:
-        answer = await response.json()
-
-    assert response.status == status
-    assert answer["code"] == code
-    for word in words:
-        assert word in answer["message"]
-    assert isinstance(answer["details"], list)
-    assert all(not messages for messages in (await topology.drain_all()).values())
-
-
-async def test_field_errors_carry_bad_request_details(
-    gateway: Any, http: aiohttp.ClientSession
-) -> None:
-    """A field error's Status JSON has a google.rpc.BadRequest naming each field."""
-    request = {"user_id": "", "payload": {"model": "m"}}
-    async with http.post(url(gateway, "/api/v1/images/generate"), json=request) as response:
-        answer = await response.json()
-
-    assert response.status == 400
-    (detail,) = answer["details"]
-    assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
-    assert [v["field"] for v in detail["field_violations"]] == [
-        "user_id",
-        "payload.prompt",
-        "payload.image_name",
-    ]
-
-
 async def test_unroutable_and_missing_exchange_are_400_failed_precondition(
     gateway: Any, topology: Topology, http: aiohttp.ClientSession
 ) -> None:
@@ -263,49 +182,6 @@ async def test_readyz_follows_broker_and_exchanges(
         answer = await response.json()
     assert response.status == 503
     assert "videos.tasks" in answer["reason"]
-
-
-async def test_task_catalog_over_rest_and_grpc(gateway: Any, http: aiohttp.ClientSession) -> None:
-    """The catalog lists every task type with its route, the same over REST and gRPC."""
-    async with http.get(url(gateway, "/api/v1/task-types")) as response:
-        rest = await response.json()
-    grpc_answer = await gateway_pb2_grpc.TaskGatewayServiceStub(gateway.channel).ListTaskTypes(
-        gateway_pb2.ListTaskTypesRequest()
-    )
-
-    assert rest == json_format.MessageToDict(grpc_answer, preserving_proto_field_name=True)
-    by_type = {entry["task_type"]: entry for entry in rest["task_types"]}
-    assert sorted(by_type) == [
-        "images.edit",
-        "images.generate",
-        "videos.animate",
-        "videos.generate",
-    ]
-    assert by_type["images.generate"] == {
-        "task_type": "images.generate",
-        "exchange": "images.tasks",
-        "routing_key": "images.generate",
-        "service_name": "image-generation",
-        "rpc": "images.v1.ImagesService/Generate",
-    }
-
-
-async def test_payload_schema_over_rest_describes_the_payload(
-    gateway: Any, http: aiohttp.ClientSession
-) -> None:
-    """GET .../images.generate/schema gives the payload's JSON Schema; unknown types are 404."""
-    async with http.get(url(gateway, "/api/v1/task-types/images.generate/schema")) as response:
-        answer = await response.json()
-    async with http.get(url(gateway, "/api/v1/task-types/images.nope/schema")) as missing:
-        missing_answer = await missing.json()
-
-    assert response.status == 200
-    schema = answer["json_schema"]
-    assert set(schema["required"]) == {"model", "prompt", "image_name"}
-    assert schema["properties"]["width"]["minimum"] == 64
-    assert schema["properties"]["model"]["maxLength"] == 256
-    assert (missing.status, missing_answer["code"]) == (404, 5)
-    assert "images.generate" in missing_answer["message"]
 
 
 async def test_grpc_typed_request_over_rest_matches_grpc(

@@ -1,15 +1,20 @@
-"""The REST shim's answers that need a broker the test controls: 429, 504, 500, 503."""
+"""The REST shim's answers on the in-memory broker or one the test controls: the error table
+over HTTP (400, 404, 405, 413, 415, 429, 500, 503, 504), the catalog and the schemas."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
 import pytest
+from google.protobuf import json_format
+from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from tests.conftest import make_settings, replace_settings
-from tests.service.test_grpc_service import HeldBroker
+from tests.integration.test_publish import LEGACY_EXAMPLE
+from tests.service.test_grpc_service import HeldBroker, memory_broker
 
 TASK = {"user_id": "u1", "payload": {"model": "m", "prompt": "p", "image_name": "n"}}
 
@@ -20,9 +25,12 @@ async def http() -> Any:
         yield session
 
 
+def url(running: Any, path: str) -> str:
+    return f"http://127.0.0.1:{running.gateway.http_port}{path}"
+
+
 async def _post(http: aiohttp.ClientSession, running: Any, **kwargs: Any) -> tuple[int, Any]:
-    url = f"http://127.0.0.1:{running.gateway.http_port}/api/v1/images/generate"
-    async with http.post(url, json=TASK, **kwargs) as response:
+    async with http.post(url(running, "/api/v1/images/generate"), json=TASK, **kwargs) as response:
         return response.status, await response.json()
 
 
@@ -92,3 +100,131 @@ async def test_shutting_down_is_503_and_not_ready(
     assert "shutting down" in answer["message"]
     assert readiness == (503, {"status": "not ready", "reason": "shutting down"})
     assert (await in_flight)[0] == 200
+
+
+BAD_REQUESTS: list[tuple[str, str, str, bytes, dict[str, str], int, int, list[str]]] = [
+    # (id, verb, path, body, headers, http status, grpc code, words in the message)
+    ("unknown-task-type", "POST", "/api/v1/broker/publish",
+     json.dumps({**LEGACY_EXAMPLE, "task_type": "images.upscale"}).encode(), {}, 400, 3,
+     ["images.upscale", "images.generate"]),
+    ("bad-user-id", "POST", "/api/v1/broker/publish",
+     json.dumps({**LEGACY_EXAMPLE, "user_id": "a:b"}).encode(), {}, 400, 3, ["user_id", "':'"]),
+    ("unknown-field", "POST", "/api/v1/broker/publish",
+     json.dumps({**LEGACY_EXAMPLE, "priority": 1}).encode(), {}, 400, 3, ["priority"]),
+    ("wrong-type", "POST", "/api/v1/images/generate",
+     json.dumps({"user_id": "1", "payload": {"width": "wide"}}).encode(), {}, 400, 3,
+     ["payload.width"]),
+    ("malformed-json", "POST", "/api/v1/broker/publish", b'{"user_id": "1",\n "task_type": }',
+     {}, 400, 3, ["line 2 column 15"]),
+    ("not-an-object", "POST", "/api/v1/broker/publish", b"[1, 2]", {}, 400, 3, ["JSON object"]),
+    ("duplicate-key", "POST", "/api/v1/broker/publish", b'{"user_id": "1", "user_id": "2"}',
+     {}, 400, 3, ["duplicate key 'user_id'"]),
+    ("bad-grpc-timeout", "POST", "/api/v1/broker/publish", json.dumps(LEGACY_EXAMPLE).encode(),
+     {"Grpc-Timeout": "soon"}, 400, 3, ["Grpc-Timeout"]),
+    ("oversized", "POST", "/api/v1/broker/publish",
+     json.dumps({**LEGACY_EXAMPLE, "user_id": "x" * 5000}).encode(), {}, 413, 8, ["4096"]),
+    ("not-json", "POST", "/api/v1/broker/publish", b"user_id=1",
+     {"Content-Type": "application/x-www-form-urlencoded"}, 415, 3, ["application/json"]),
+    ("wrong-method", "GET", "/api/v1/broker/publish", b"", {}, 405, 12, ["POST"]),
+    ("unknown-path", "POST", "/api/v1/broker/publish-all", b"{}", {}, 404, 5,
+     ["/api/v1/broker/publish-all"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("verb", "path", "body", "headers", "status", "code", "words"),
+    [pytest.param(*case[1:], id=case[0]) for case in BAD_REQUESTS],
+)
+async def test_bad_rest_request_gets_its_status_and_publishes_nothing(
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
+    verb: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    code: int,
+    words: list[str],
+) -> None:
+    """Each bad request gets its HTTP status and google.rpc.Status body; nothing is queued."""
+    broker = memory_broker()
+    settings = replace_settings(make_settings(), "grpc", max_request_bytes=4096)
+    running = await start_gateway(settings, broker)
+
+    async with http.request(
+        verb, url(running, path), data=body, headers={"Content-Type": "application/json", **headers}
+    ) as response:
+        answer = await response.json()
+
+    assert response.status == status
+    assert answer["code"] == code
+    for word in words:
+        assert word in answer["message"]
+    assert isinstance(answer["details"], list)
+    assert all(not broker.messages(queue) for queue in broker.queues)
+
+
+async def test_field_errors_carry_bad_request_details(
+    start_gateway: Any, http: aiohttp.ClientSession
+) -> None:
+    """A field error's Status JSON has a google.rpc.BadRequest naming each field."""
+    gateway = await start_gateway(make_settings())
+    request = {"user_id": "", "payload": {"model": "m"}}
+    async with http.post(url(gateway, "/api/v1/images/generate"), json=request) as response:
+        answer = await response.json()
+
+    assert response.status == 400
+    (detail,) = answer["details"]
+    assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert [v["field"] for v in detail["field_violations"]] == [
+        "user_id",
+        "payload.prompt",
+        "payload.image_name",
+    ]
+
+
+async def test_task_catalog_over_rest_and_grpc(
+    start_gateway: Any, http: aiohttp.ClientSession
+) -> None:
+    """The catalog lists every task type with its route, the same over REST and gRPC."""
+    gateway = await start_gateway(make_settings())
+    async with http.get(url(gateway, "/api/v1/task-types")) as response:
+        rest = await response.json()
+    grpc_answer = await gateway_pb2_grpc.TaskGatewayServiceStub(gateway.channel).ListTaskTypes(
+        gateway_pb2.ListTaskTypesRequest()
+    )
+
+    assert rest == json_format.MessageToDict(grpc_answer, preserving_proto_field_name=True)
+    by_type = {entry["task_type"]: entry for entry in rest["task_types"]}
+    assert sorted(by_type) == [
+        "images.edit",
+        "images.generate",
+        "videos.animate",
+        "videos.generate",
+    ]
+    assert by_type["images.generate"] == {
+        "task_type": "images.generate",
+        "exchange": "images.tasks",
+        "routing_key": "images.generate",
+        "service_name": "image-generation",
+        "rpc": "images.v1.ImagesService/Generate",
+    }
+
+
+async def test_payload_schema_over_rest_describes_the_payload(
+    start_gateway: Any, http: aiohttp.ClientSession
+) -> None:
+    """GET .../images.generate/schema gives the payload's JSON Schema; unknown types are 404."""
+    gateway = await start_gateway(make_settings())
+    async with http.get(url(gateway, "/api/v1/task-types/images.generate/schema")) as response:
+        answer = await response.json()
+    async with http.get(url(gateway, "/api/v1/task-types/images.nope/schema")) as missing:
+        missing_answer = await missing.json()
+
+    assert response.status == 200
+    schema = answer["json_schema"]
+    assert set(schema["required"]) == {"model", "prompt", "image_name"}
+    assert schema["properties"]["width"]["minimum"] == 64
+    assert schema["properties"]["model"]["maxLength"] == 256
+    assert (missing.status, missing_answer["code"]) == (404, 5)
+    assert "images.generate" in missing_answer["message"]

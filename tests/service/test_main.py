@@ -7,14 +7,13 @@ import signal
 
 import pytest
 
-from tests.service.gateway_process import free_port, read_until, start_gateway_process
+from tests.support.gateway_process import Addresses, read_until, start_gateway_process
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_stops_the_gateway_cleanly(signum: signal.Signals) -> None:
     """On SIGTERM or SIGINT the gateway shuts down gracefully and exits 0."""
-    port = free_port()
-    process = await start_gateway_process({"TASK_GATEWAY__GRPC__ADDRESS": f"127.0.0.1:{port}"})
+    process = await start_gateway_process(Addresses().settings())
     started = await read_until(process, "task gateway listening")
     assert "NO RABBITMQ CONFIGURED" in started, "the in-memory broker announces itself"
 
@@ -27,7 +26,9 @@ async def test_signal_stops_the_gateway_cleanly(signum: signal.Signals) -> None:
 
 async def test_bad_configuration_stops_start_up_naming_the_key() -> None:
     """A bad setting exits 2 with a message naming the setting and its variable."""
-    process = await start_gateway_process({"TASK_GATEWAY__BROKER__MAX_IN_FLIGHT": "many"})
+    process = await start_gateway_process(
+        Addresses().settings() | {"TASK_GATEWAY__BROKER__MAX_IN_FLIGHT": "many"}
+    )
     output, _ = await asyncio.wait_for(process.communicate(), 20)
 
     assert process.returncode == 2

@@ -1,31 +1,35 @@
-"""Child processes and what /proc says about them: start, stop, peak RSS, CPU time.
+"""Child processes and what /proc says about them: start, stop, wait, peak RSS, CPU time.
 
 Every child runs in a session of its own so that stopping it (by its pid, as a process group)
-also stops whatever it spawned (uvicorn's or a future `--workers N` gateway's workers), and
-nothing else.
+also stops whatever it spawned (uvicorn's, a `--workers N` gateway's or a RabbitMQ node's
+processes), and nothing else. Any child still running when the interpreter exits (a run that
+died before its own cleanup) is killed then, so none outlives its run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import resource
 import signal
-import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+# Every child spawned here, for the interpreter-exit sweep.
+_SPAWNED: list[asyncio.subprocess.Process] = []
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for process in _SPAWNED:
+        if process.returncode is None:  # not reaped: the pid is still the child's
+            _sigkill(process.pid)
 
 
 @dataclass
@@ -52,7 +56,7 @@ class Child:
 
 async def spawn(
     name: str,
-    argv: list[str],
+    argv: Sequence[str],
     *,
     log_dir: Path,
     env: Mapping[str, str] | None = None,
@@ -74,11 +78,34 @@ async def spawn(
         )
     finally:
         log.close()  # the child holds its own descriptor
+    _SPAWNED.append(process)
     return Child(name, process, log_path)
 
 
-async def stop(child: Child, grace: float = 5.0) -> None:
-    """SIGTERM the child's process group, SIGKILL it after `grace` seconds; reap the child."""
+async def wait_ready(
+    child: Child, ready: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0
+) -> float:
+    """Poll `ready()` until it is true; the seconds it took.
+
+    RuntimeError with the log's tail when the child exits first or `timeout` passes; the child
+    is then stopped here (also on cancellation), as its caller never got a running one.
+    """
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout:
+            if not child.alive():
+                raise RuntimeError(f"{what} exited at start-up:\n{child.tail()}")
+            if await ready():
+                return time.monotonic() - started
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{what} not ready after {timeout:.0f} s:\n{child.tail()}")
+    except BaseException:
+        await stop(child)
+        raise
+
+
+async def stop(child: Child, grace: float = 5.0) -> int | None:
+    """SIGTERM the child's process group, SIGKILL it after `grace` seconds; its exit status."""
     if child.alive():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGTERM)
@@ -92,6 +119,40 @@ async def stop(child: Child, grace: float = 5.0) -> None:
         # The leader is gone; its workers (same process group) may not be.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
+    return child.process.returncode
+
+
+async def kill(child: Child, timeout: float = 30.0) -> None:
+    """SIGKILL the child and all its descendants at once; return when every one is gone."""
+    if not child.alive():
+        return  # reaped: its pid may already belong to another process
+    tree = _sigkill(child.pid)
+    await asyncio.wait_for(child.process.wait(), timeout)
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in tree):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes of {child.name} survived SIGKILL: {tree}")
+        await asyncio.sleep(0.05)
+
+
+def _sigkill(pid: int) -> list[int]:
+    """SIGKILL pid, its descendants (even those that left its group) and its group."""
+    tree = process_tree(pid)
+    for member in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    return tree
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def process_tree(pid: int) -> list[int]:

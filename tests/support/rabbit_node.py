@@ -12,20 +12,20 @@ loads it (`definitions.local.path`, `local_filesystem` backend), plus a test use
 from __future__ import annotations
 
 import asyncio
-import atexit
 import base64
-import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
-import signal
-import socket
 import time
 from pathlib import Path
 
 import aio_pika
+
+from tests.support import procs
+from tests.support.ports import accepts, free_port
 
 __all__ = ["RabbitNode", "find_scripts"]
 
@@ -37,20 +37,6 @@ _CTL_TIMEOUT_SECONDS = 60.0
 _EPMD_PORT = 4369
 # Listen on the loopback interface only, for the node's distribution and the CLI's.
 _LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1}"
-
-
-# Every node started: any still running at interpreter exit (a run that died without its
-# fixture's teardown) is killed then, so no node outlives pytest.
-_STARTED: list[asyncio.subprocess.Process] = []
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for process in _STARTED:
-        if process.returncode is None:  # not reaped: the pid is still the node's
-            for member in _process_tree(process.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(member, signal.SIGKILL)
 
 
 def find_scripts() -> tuple[Path, Path] | None:
@@ -70,13 +56,6 @@ def find_scripts() -> tuple[Path, Path] | None:
             real = real.parent / name
         found.append(real)
     return found[0], found[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _password_hash(password: str) -> str:
@@ -101,7 +80,7 @@ class RabbitNode:
         self.user = "gwtest"
         self._password = secrets.token_urlsafe(16)
         self.boot_seconds: list[float] = []
-        self._process: asyncio.subprocess.Process | None = None
+        self._child: procs.Child | None = None
         self._env = self._write_files(definitions)
 
     @property
@@ -114,7 +93,7 @@ class RabbitNode:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.returncode is None
+        return self._child is not None and self._child.alive()
 
     def _write_files(self, definitions: Path) -> dict[str, str]:
         base = self.base
@@ -188,17 +167,13 @@ class RabbitNode:
             raise RuntimeError(f"{self.node} is already running")
         await self._wait_gone()
         started = time.monotonic()
-        with (self.base / "node.out").open("ab") as out:
-            self._process = await asyncio.create_subprocess_exec(
-                str(self._server_script),
-                cwd=self.base,
-                env=self._env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _STARTED.append(self._process)
+        self._child = await procs.spawn(
+            f"boot-{len(self.boot_seconds) + 1}",  # the start script's output, per boot
+            [str(self._server_script)],
+            log_dir=self.base,
+            env=self._env,
+            cwd=self.base,
+        )
         await self.wait_ready()
         self.boot_seconds.append(time.monotonic() - started)
         return self.boot_seconds[-1]
@@ -210,7 +185,7 @@ class RabbitNode:
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"{self.node} exited while booting:\n{self.log_tail()}")
-            if not _accepts(self.amqp_port):
+            if not accepts(self.amqp_port):
                 await asyncio.sleep(0.1)
                 continue
             try:
@@ -231,32 +206,20 @@ class RabbitNode:
 
     async def stop(self) -> None:
         """Stop gracefully (`rabbitmqctl stop`) and wait for the VM to exit; kill if it hangs."""
-        if not self.running:
+        if self._child is None or not self.running:
             return
-        assert self._process is not None
         try:
             await self.ctl("stop", timeout=_STOP_TIMEOUT_SECONDS)
-            await asyncio.wait_for(self._process.wait(), _STOP_TIMEOUT_SECONDS)
+            await asyncio.wait_for(self._child.process.wait(), _STOP_TIMEOUT_SECONDS)
         except (RuntimeError, TimeoutError):
             await self.kill()
         await self._wait_gone()
 
     async def kill(self) -> None:
         """SIGKILL the whole process tree at once: the start script, beam.smp and its helpers."""
-        if self._process is None or self._process.returncode is not None:
-            return  # reaped: its pid may already belong to another process
-        tree = _process_tree(self._process.pid)
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._process.pid, signal.SIGKILL)
-        await asyncio.wait_for(self._process.wait(), _STOP_TIMEOUT_SECONDS)
-        deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
-        while any(_alive(pid) for pid in tree):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"processes of {self.node} survived SIGKILL: {tree}")
-            await asyncio.sleep(0.05)
+        if self._child is None or not self.running:
+            return
+        await procs.kill(self._child, _STOP_TIMEOUT_SECONDS)
         await self._wait_gone()
 
     async def restart(self) -> float:
@@ -297,6 +260,32 @@ class RabbitNode:
         """Raise the memory alarm (watermark 0 blocks every publisher) or clear it (0.4)."""
         await self.ctl("set_vm_memory_high_watermark", "0" if on else "0.4")
 
+    async def limit_queue(self, policy: str, queue: str, max_length: int) -> None:
+        """A policy that caps `queue` at `max_length` messages; a full queue nacks new ones."""
+        await self.ctl(
+            "set_policy", "-p", "/", "--apply-to", "queues", policy, f"^{re.escape(queue)}$",
+            json.dumps({"max-length": max_length, "overflow": "reject-publish"}),
+        )  # fmt: skip
+
+    async def clear_queue_limit(self, policy: str, queue: str) -> None:
+        """Drop the policy, and wait until `queue` has none."""
+        await self.ctl("clear_policy", "-p", "/", policy)
+        await self.wait_policy(queue, "")
+
+    async def wait_policy(self, queue: str, policy: str, timeout: float = 15.0) -> None:
+        """Poll (bounded) until `queue` shows `policy` as its effective policy ("" for none)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listing = await self.ctl(
+                "list_queues", "-p", "/", "name", "policy", "--no-table-headers"
+            )
+            rows = dict([*line.split("\t"), ""][:2] for line in listing.splitlines() if line)
+            if rows.get(queue, "").strip() == policy:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{queue} did not get policy {policy!r}: {rows}")
+            await asyncio.sleep(0.1)
+
     async def close(self) -> None:
         """Stop the node whatever state it is in; leave no process behind."""
         try:
@@ -306,8 +295,9 @@ class RabbitNode:
 
     def log_tail(self, lines: int = 40) -> str:
         texts = []
-        for path in (self.base / "node.out", self.log_file):
-            if path.exists():
+        boot_log = self._child.log_path if self._child else None
+        for path in (boot_log, self.log_file):
+            if path is not None and path.exists():
                 texts.append(
                     f"--- {path}\n"
                     + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -318,41 +308,10 @@ class RabbitNode:
         """Wait (bounded) until the AMQP port is closed and epmd forgot the node's name."""
         deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
         short_name = self.node.partition("@")[0]
-        while _accepts(self.amqp_port) or short_name in await _epmd_names():
+        while accepts(self.amqp_port) or short_name in await _epmd_names():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.node} still registered or listening after it stopped")
             await asyncio.sleep(0.05)
-
-
-def _process_tree(root: int) -> list[int]:
-    """`root` and its descendants, from /proc (Linux); just `root` elsewhere."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rpartition(")")[2].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        tree.append(pid)
-        pending.extend(children.get(pid, []))
-    return tree
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent to reap it counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def _epmd_names() -> str:
