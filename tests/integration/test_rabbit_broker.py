@@ -22,7 +22,7 @@ from yarl import URL
 from gateway.broker import Envelope
 from gateway.broker.rabbit import RabbitBroker, _close_reason, _is_blocked
 from gateway.errors import Code, GatewayError
-from tests.integration.conftest import Topology
+from tests.support.rabbitmq import Topology
 from tests.support.tcp_proxy import TcpProxy
 
 CONTROL = 0  # the proxy's first connection: the broker connects its control connection first

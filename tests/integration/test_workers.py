@@ -13,7 +13,8 @@ import aiohttp
 
 from tests.integration.conftest import Topology
 from tests.integration.test_publish import LEGACY_EXAMPLE
-from tests.service.gateway_process import free_port, read_until, start_gateway_process
+from tests.support.gateway_process import read_until, start_gateway_process
+from tests.support.ports import free_port
 
 
 async def test_two_workers_share_the_ports_and_both_publish(

@@ -18,7 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.service.gateway_process import free_port, read_until
+from tests.support.gateway_process import read_until
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_ONLY = ("aio-pika", "aio_pika", "aiohttp", "structlog", "swagger-ui-py", "swagger_ui_py")

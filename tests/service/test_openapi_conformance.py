@@ -12,7 +12,8 @@ import aiohttp
 from openapi_spec_validator import validate
 
 from tests.conftest import make_settings
-from tests.service.gateway_process import free_port, read_until, start_gateway_process
+from tests.support.gateway_process import read_until, start_gateway_process
+from tests.support.ports import free_port
 
 
 async def test_served_openapi_document_is_valid(start_gateway: Any) -> None:
