@@ -1,0 +1,80 @@
+"""How a client reaches the gateway: plaintext or TLS (optionally mutual), and a bearer token."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+__all__ = ["TLSConfig", "auth_metadata", "channel_arguments"]
+
+# PEM contents, or the path of a PEM file.
+PemSource = bytes | str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS to the gateway. Each PEM is given as bytes (its contents) or as a path to read.
+
+    With no `ca` the system's trusted roots verify the gateway; `cert` and `key` (both or
+    neither) are the client's own identity for mutual TLS.
+    """
+
+    ca: PemSource | None = None
+    cert: PemSource | None = None
+    key: PemSource | None = None
+    # The name to check the gateway's certificate against, when it is not the target's host
+    # (e.g. connecting by IP address, or through a tunnel).
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together: give both for mutual TLS, or none")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read("tls.ca", self.ca),
+            private_key=_read("tls.key", self.key),
+            certificate_chain=_read("tls.cert", self.cert),
+        )
+
+
+def channel_arguments(tls: TLSConfig | None) -> list[tuple[str, Any]]:
+    """The channel's options: who we are, and the name to verify when overridden."""
+    options: list[tuple[str, Any]] = [("grpc.primary_user_agent", _user_agent())]
+    if tls is not None and tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return options
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata every call carries: `authorization: Bearer <token>` when there is a token.
+
+    Sent as metadata rather than call credentials so that it works on plaintext channels too
+    (a gateway behind a TLS-terminating proxy, or in development).
+    """
+    if token is None:
+        return ()
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError("token must be non-empty printable ASCII without spaces")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _read(name: str, source: PemSource | None) -> bytes | None:
+    if source is None or isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {os.fspath(source)!r}: {exc.strerror}") from None
+
+
+def _user_agent() -> str:
+    try:
+        return f"task-gateway-client/{metadata.version('task-gateway-client')}"
+    except metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "task-gateway-client"
