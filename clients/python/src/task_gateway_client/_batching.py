@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,7 +60,9 @@ class Pending(Generic[Handle]):
     attempts: Attempts
     entry: gateway_pb2.TaskEntry
     size: int
-    ready_at: float  # time.monotonic() from which it may join a batch
+    # time.monotonic() by which it leaves in a batch, full or not: max_latency after publish(),
+    # or the end of its backoff for a retry.
+    due_at: float
 
 
 @dataclass
@@ -84,19 +87,26 @@ class Batcher(Generic[Handle]):
     def add(self, task: Task, handle: Handle, now: float) -> None:
         entry = task.entry()
         attempts = Attempts(self._retry, now + self._deadline, task.idempotency_key)
-        self._enqueue(Pending(task, handle, attempts, entry, entry.ByteSize(), now))
+        due_at = now + self._settings.max_latency
+        pending = Pending(task, handle, attempts, entry, entry.ByteSize(), due_at)
+        self._ready.append(pending)
+        self._ready_bytes += pending.size
 
     def due(self, now: float, *, flush: bool) -> Settled[Handle]:
         """The batches to send now (every ready task when flushing), and tasks out of time."""
+        retries = []
         while self._backing_off and self._backing_off[0][0] <= now:
-            self._enqueue(heapq.heappop(self._backing_off)[2])
+            retries.append(heapq.heappop(self._backing_off)[2])
+        # Retries waited for a batch before: they go first, in the next batch out.
+        self._ready.extendleft(reversed(retries))
+        self._ready_bytes += sum(pending.size for pending in retries)
         step: Settled[Handle] = Settled()
         settings = self._settings
         while self._ready and (
             flush
             or len(self._ready) >= settings.max_batch
             or self._ready_bytes >= settings.max_batch_bytes
-            or now - self._ready[0].ready_at >= settings.max_latency
+            or now >= self._ready[0].due_at
         ):
             batch: list[Pending[Handle]] = []
             size = 0
@@ -119,7 +129,7 @@ class Batcher(Generic[Handle]):
         """Seconds until a batch may be due with no new task, or None when nothing waits."""
         times = [at for at, _, _ in self._backing_off[:1]]
         if self._ready:
-            times.append(self._ready[0].ready_at + self._settings.max_latency)
+            times.append(self._ready[0].due_at)
         return max(0.0, min(times) - now) if times else None
 
     @staticmethod
@@ -144,21 +154,20 @@ class Batcher(Generic[Handle]):
         else:
             failures = _per_task(answer, len(batch))
         outcomes: list[tuple[Handle, Outcome]] = []
+        # One draw of jitter for the batch: its tasks that go again go together, in one batch,
+        # rather than each on its own when the gateway is struggling.
+        jitter = random.random()
         for pending, result in zip(batch, failures, strict=True):
             if isinstance(result, str):
                 outcomes.append((pending.handle, result))
                 continue
-            delay = pending.attempts.failed(result, now)
+            delay = pending.attempts.failed(result, now, jitter)
             if delay is None:
                 outcomes.append((pending.handle, pending.attempts.final_error()))
             else:
-                pending.ready_at = now + delay
-                heapq.heappush(self._backing_off, (pending.ready_at, next(self._order), pending))
+                pending.due_at = now + delay
+                heapq.heappush(self._backing_off, (pending.due_at, next(self._order), pending))
         return outcomes
-
-    def _enqueue(self, pending: Pending[Handle]) -> None:
-        self._ready.append(pending)
-        self._ready_bytes += pending.size
 
 
 def _per_task(response: gateway_pb2.PublishBatchResponse, count: int) -> list[Failure | str]:

@@ -45,10 +45,14 @@ class RetryPolicy:
         if self.max_attempts < 1:
             raise ValueError(f"retry.max_attempts must be at least 1, got {self.max_attempts!r}")
 
-    def backoff(self, retry: int) -> float:
-        """Seconds to wait before retry number `retry` (0 for the first retry)."""
+    def backoff(self, retry: int, jitter: float | None = None) -> float:
+        """Seconds to wait before retry number `retry` (0 for the first retry).
+
+        `jitter` (in [0, 1)) is the random fraction of the ceiling to wait, drawn here when
+        not given: tasks that failed together share one, and so go again together.
+        """
         ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**retry)
-        return random.uniform(0, ceiling)
+        return ceiling * (random.random() if jitter is None else jitter)
 
 
 class Attempts:
@@ -72,14 +76,14 @@ class Attempts:
         remaining = self.deadline - now
         return remaining if remaining > 0 else None
 
-    def failed(self, failure: Failure, now: float) -> float | None:
+    def failed(self, failure: Failure, now: float, jitter: float | None = None) -> float | None:
         """Record a failed attempt; seconds to wait before the next, or None to give up."""
         self.count += 1
         self._last = failure.error
         self._unknown = self._unknown or failure.outcome_unknown
         error = failure.error
         if error.code in _TRANSIENT:
-            delay = self._policy.backoff(self.count - 1)
+            delay = self._policy.backoff(self.count - 1, jitter)
         elif error.code is grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_delay is not None:
             delay = error.retry_delay
         else:
