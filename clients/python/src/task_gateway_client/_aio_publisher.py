@@ -12,7 +12,12 @@ from google.protobuf.message import Message
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from task_gateway_client._batching import Batcher, BatchSettings, Outcome, Pending
-from task_gateway_client._errors import PublisherFull, from_rpc_error
+from task_gateway_client._errors import (
+    Failure,
+    PublisherFull,
+    client_failure,
+    from_rpc_error,
+)
 from task_gateway_client._retry import RetryPolicy
 from task_gateway_client._tasks import Task, generic_task, typed_task
 
@@ -135,13 +140,15 @@ class AsyncPublisher:
 
     async def _send(self, batch: list[Pending[asyncio.Future[str]]]) -> None:
         request = gateway_pb2.PublishBatchRequest(entries=[p.entry for p in batch])
-        answer: gateway_pb2.PublishBatchResponse | Any
+        answer: gateway_pb2.PublishBatchResponse | Failure
         try:
             answer = await self._publish_batch(
                 request, timeout=Batcher.timeout(batch, time.monotonic()), metadata=self._metadata
             )
         except grpc.aio.AioRpcError as error:
             answer = from_rpc_error(error)
+        except Exception as error:  # e.g. the channel is closed; the request may have gone
+            answer = client_failure(error, sent=True)
         self._resolve(self._batcher.settle(batch, answer, time.monotonic()))
         self._wake_sender.set()  # retries may be due sooner than the sender thought
 

@@ -45,7 +45,13 @@ class TLSConfig:
 
 def channel_arguments(tls: TLSConfig | None) -> list[tuple[str, Any]]:
     """The channel's options: who we are, and the name to verify when overridden."""
-    options: list[tuple[str, Any]] = [("grpc.primary_user_agent", _user_agent())]
+    options: list[tuple[str, Any]] = [
+        ("grpc.primary_user_agent", _user_agent()),
+        # While the gateway cannot be reached, calls fail at once (and are retried by us) until
+        # grpc reconnects; its own reconnect backoff grows to 120 s by default, which would
+        # keep a client failing long after a gateway restart. 5 s at most.
+        ("grpc.max_reconnect_backoff_ms", 5000),
+    ]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     return options

@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import taskgateway_api
@@ -49,14 +51,10 @@ def task_rpc(request: Descriptor) -> TaskRpc:
     return rpc
 
 
-def payload_types() -> dict[str, type[Message]]:
-    """The payload message of every typed task type, by task type."""
-    return dict(_payload_types())
-
-
 @functools.cache
-def _payload_types() -> dict[str, type[Message]]:
-    types = {}
+def payload_types() -> Mapping[str, type[Message]]:
+    """The payload message of every typed task type, by task type."""
+    types: dict[str, type[Message]] = {}
     for file in _contract_files():
         for method in _task_methods(file):
             payload = method.input_type.fields_by_name["payload"].message_type
@@ -64,7 +62,7 @@ def _payload_types() -> dict[str, type[Message]]:
             types[method.GetOptions().Extensions[_ROUTE_OPTION].task_type] = (
                 message_factory.GetMessageClass(payload)
             )
-    return types
+    return MappingProxyType(types)
 
 
 @functools.cache

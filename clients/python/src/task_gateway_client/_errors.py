@@ -162,6 +162,12 @@ def from_rpc_error(error: grpc.RpcError) -> Failure:
     return _from_status(code, status.message, status.details)
 
 
+def client_failure(error: Exception, *, sent: bool) -> Failure:
+    """A call that failed in the client itself (e.g. on a closed channel), with no gRPC status."""
+    failed = TaskGatewayError(grpc.StatusCode.UNKNOWN, f"the call failed in the client: {error!r}")
+    return Failure(failed, outcome_unknown=sent)
+
+
 def from_status(status: status_pb2.Status) -> Failure:
     """The error of one entry of a batch as a Failure."""
     code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)

@@ -19,7 +19,12 @@ from google.protobuf.message import Message
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from task_gateway_client._batching import Batcher, BatchSettings, Outcome, Pending
-from task_gateway_client._errors import PublisherFull, from_rpc_error
+from task_gateway_client._errors import (
+    Failure,
+    PublisherFull,
+    client_failure,
+    from_rpc_error,
+)
 from task_gateway_client._retry import RetryPolicy
 from task_gateway_client._tasks import Task, generic_task, typed_task
 
@@ -129,19 +134,33 @@ class Publisher:
             self._resolve(step.outcomes)
             for batch in step.batches:
                 request = gateway_pb2.PublishBatchRequest(entries=[p.entry for p in batch])
-                call = self._publish_batch.future(
-                    request,
-                    timeout=Batcher.timeout(batch, time.monotonic()),
-                    metadata=self._metadata,
-                )
-                call.add_done_callback(functools.partial(self._answered, batch))
+                try:
+                    call = self._publish_batch.future(
+                        request,
+                        timeout=Batcher.timeout(batch, time.monotonic()),
+                        metadata=self._metadata,
+                    )
+                except Exception as error:  # e.g. the channel is closed: nothing was sent
+                    self._settle(batch, client_failure(error, sent=False))
+                else:
+                    call.add_done_callback(functools.partial(self._answered, batch))
 
     def _answered(self, batch: list[Pending[Future[str]]], call: grpc.Future[Any]) -> None:
         """Runs on a grpc thread once a batch call ends."""
+        answer: gateway_pb2.PublishBatchResponse | Failure
         try:
             answer = call.result()
         except grpc.RpcError as error:
             answer = from_rpc_error(error)
+        except Exception as error:  # e.g. cancelled as the channel closed
+            answer = client_failure(error, sent=True)
+        self._settle(batch, answer)
+
+    def _settle(
+        self,
+        batch: list[Pending[Future[str]]],
+        answer: gateway_pb2.PublishBatchResponse | Failure,
+    ) -> None:
         with self._changed:
             outcomes = self._batcher.settle(batch, answer, time.monotonic())
             self._changed.notify_all()  # retries may be due sooner than the sender thought
