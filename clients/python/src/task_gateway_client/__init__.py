@@ -14,8 +14,8 @@ with TaskGatewayClient("gateway.internal:50051", token="...") as client:
 
 from task_gateway_client._aio_client import AsyncTaskGatewayClient
 from task_gateway_client._aio_publisher import AsyncPublisher
-from task_gateway_client._channel import TLSConfig
 from task_gateway_client._client import TaskGatewayClient
+from task_gateway_client._connection import TLSConfig
 from task_gateway_client._errors import (
     FieldViolation,
     InvalidTask,

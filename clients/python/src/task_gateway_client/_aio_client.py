@@ -13,10 +13,9 @@ from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from task_gateway_client._aio_publisher import AsyncPublisher
 from task_gateway_client._batching import BatchSettings
-from task_gateway_client._channel import TLSConfig, auth_metadata, channel_arguments
-from task_gateway_client._client import DEFAULT_DEADLINE
+from task_gateway_client._connection import DEFAULT_DEADLINE, Connection, TLSConfig
 from task_gateway_client._errors import from_rpc_error
-from task_gateway_client._retry import Attempts, RetryPolicy
+from task_gateway_client._retry import RetryPolicy
 from task_gateway_client._tasks import (
     PUBLISH_BATCH,
     Task,
@@ -43,16 +42,11 @@ class AsyncTaskGatewayClient:
         deadline: float = DEFAULT_DEADLINE,
         retry: RetryPolicy | None = None,
     ) -> None:
-        if not deadline > 0:
-            raise ValueError(f"deadline must be positive seconds, got {deadline!r}")
-        self._metadata = auth_metadata(token)
-        self._deadline = deadline
-        self._retry = retry or RetryPolicy()
-        options = channel_arguments(tls)
+        self._connection = c = Connection.of(tls, token, deadline, retry)
         self._channel = (
-            grpc.aio.insecure_channel(target, options=options)
-            if tls is None
-            else grpc.aio.secure_channel(target, tls.credentials(), options=options)
+            grpc.aio.insecure_channel(target, options=c.arguments)
+            if c.credentials is None
+            else grpc.aio.secure_channel(target, c.credentials, options=c.arguments)
         )
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
         self._publishers: list[AsyncPublisher] = []
@@ -95,11 +89,7 @@ class AsyncTaskGatewayClient:
             when_full=when_full,
         )
         publisher = AsyncPublisher(
-            self._call(PUBLISH_BATCH, gateway_pb2.PublishBatchResponse),
-            self._metadata,
-            settings,
-            self._retry,
-            self._deadline,
+            self._call(PUBLISH_BATCH, gateway_pb2.PublishBatchResponse), self._connection, settings
         )
         self._publishers.append(publisher)
         return publisher
@@ -117,13 +107,12 @@ class AsyncTaskGatewayClient:
         await self.close()
 
     async def _publish(self, task: Task, deadline: float | None) -> str:
-        attempts = Attempts(
-            self._retry, time.monotonic() + (deadline or self._deadline), task.idempotency_key
-        )
+        attempts = self._connection.attempts(task, deadline)
         call = self._call(task.path, task.response_type)
         while (timeout := attempts.timeout(time.monotonic())) is not None:
             try:
-                response = await call(task.request, timeout=timeout, metadata=self._metadata)
+                metadata = self._connection.metadata
+                response = await call(task.request, timeout=timeout, metadata=metadata)
             except grpc.aio.AioRpcError as error:
                 delay = attempts.failed(from_rpc_error(error), time.monotonic())
                 if delay is None:

@@ -12,13 +12,12 @@ from google.protobuf.message import Message
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from task_gateway_client._batching import Batcher, BatchSettings, Outcome, Pending
+from task_gateway_client._connection import Connection
 from task_gateway_client._errors import (
     Failure,
-    PublisherFull,
     client_failure,
     from_rpc_error,
 )
-from task_gateway_client._retry import RetryPolicy
 from task_gateway_client._tasks import Task, generic_task, typed_task
 
 __all__ = ["AsyncPublisher"]
@@ -39,15 +38,13 @@ class AsyncPublisher:
         publish_batch: grpc.aio.UnaryUnaryMultiCallable[
             gateway_pb2.PublishBatchRequest, gateway_pb2.PublishBatchResponse
         ],
-        metadata: tuple[tuple[str, str], ...],
+        connection: Connection,
         settings: BatchSettings,
-        retry: RetryPolicy,
-        deadline: float,
     ) -> None:
         self._publish_batch = publish_batch
-        self._metadata = metadata
+        self._metadata = connection.metadata
         self._settings = settings
-        self._batcher: Batcher[asyncio.Future[str]] = Batcher(settings, retry, deadline)
+        self._batcher: Batcher[asyncio.Future[str]] = Batcher(settings, connection)
         self._outstanding = 0  # tasks whose future is not resolved yet
         self._flushing = 0  # flush() calls waiting: send every ready task at once
         self._closed = False
@@ -101,11 +98,7 @@ class AsyncPublisher:
             if self._outstanding < self._settings.max_outstanding:
                 break
             if self._settings.when_full == "raise":
-                raise PublisherFull(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the publisher already holds max_outstanding="
-                    f"{self._settings.max_outstanding} tasks; nothing was sent",
-                )
+                raise self._settings.full()
             await self._until(lambda: self._outstanding < self._settings.max_outstanding)
         future = asyncio.get_running_loop().create_future()
         self._outstanding += 1

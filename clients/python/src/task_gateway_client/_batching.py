@@ -20,8 +20,9 @@ from typing import Generic, TypeVar
 import grpc
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
-from task_gateway_client._errors import Failure, TaskGatewayError, from_status
-from task_gateway_client._retry import Attempts, RetryPolicy
+from task_gateway_client._connection import Connection
+from task_gateway_client._errors import Failure, PublisherFull, TaskGatewayError, from_status
+from task_gateway_client._retry import Attempts
 from task_gateway_client._tasks import Task
 
 __all__ = ["BatchSettings", "Batcher", "Pending", "Settled"]
@@ -50,6 +51,14 @@ class BatchSettings:
         if self.when_full not in ("block", "raise"):
             raise ValueError(f"when_full must be 'block' or 'raise', got {self.when_full!r}")
 
+    def full(self) -> PublisherFull:
+        """The error of a publish() refused by flow control (when_full="raise")."""
+        return PublisherFull(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the publisher already holds max_outstanding={self.max_outstanding} tasks; "
+            "nothing was sent",
+        )
+
 
 @dataclass(eq=False)
 class Pending(Generic[Handle]):
@@ -74,10 +83,9 @@ class Settled(Generic[Handle]):
 
 
 class Batcher(Generic[Handle]):
-    def __init__(self, settings: BatchSettings, retry: RetryPolicy, deadline: float) -> None:
+    def __init__(self, settings: BatchSettings, connection: Connection) -> None:
         self._settings = settings
-        self._retry = retry
-        self._deadline = deadline  # seconds each task has, from publish() to its outcome
+        self._connection = connection  # its deadline: each task's, from publish() to its outcome
         self._ready: deque[Pending[Handle]] = deque()
         self._ready_bytes = 0
         # Tasks waiting out a backoff, by the time they may go again.
@@ -86,7 +94,8 @@ class Batcher(Generic[Handle]):
 
     def add(self, task: Task, handle: Handle, now: float) -> None:
         entry = task.entry()
-        attempts = Attempts(self._retry, now + self._deadline, task.idempotency_key)
+        connection = self._connection
+        attempts = Attempts(connection.retry, now + connection.deadline, task.idempotency_key)
         due_at = now + self._settings.max_latency
         pending = Pending(task, handle, attempts, entry, entry.ByteSize(), due_at)
         self._ready.append(pending)

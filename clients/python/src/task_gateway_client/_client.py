@@ -11,10 +11,10 @@ from google.protobuf.message import Message
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from task_gateway_client._batching import BatchSettings
-from task_gateway_client._channel import TLSConfig, auth_metadata, channel_arguments
+from task_gateway_client._connection import DEFAULT_DEADLINE, Connection, TLSConfig
 from task_gateway_client._errors import from_rpc_error
 from task_gateway_client._publisher import Publisher
-from task_gateway_client._retry import Attempts, RetryPolicy
+from task_gateway_client._retry import RetryPolicy
 from task_gateway_client._tasks import (
     PUBLISH_BATCH,
     Task,
@@ -23,11 +23,7 @@ from task_gateway_client._tasks import (
     typed_task,
 )
 
-__all__ = ["DEFAULT_DEADLINE", "TaskGatewayClient"]
-
-# Seconds a task may take from the call to its outcome, retries included. The gateway answers
-# once RabbitMQ confirmed; its own cap on waiting for a confirm is 10 s by default.
-DEFAULT_DEADLINE = 15.0
+__all__ = ["TaskGatewayClient"]
 
 
 class TaskGatewayClient:
@@ -47,16 +43,11 @@ class TaskGatewayClient:
         deadline: float = DEFAULT_DEADLINE,
         retry: RetryPolicy | None = None,
     ) -> None:
-        if not deadline > 0:
-            raise ValueError(f"deadline must be positive seconds, got {deadline!r}")
-        self._metadata = auth_metadata(token)
-        self._deadline = deadline
-        self._retry = retry or RetryPolicy()
-        options = channel_arguments(tls)
+        self._connection = c = Connection.of(tls, token, deadline, retry)
         self._channel = (
-            grpc.insecure_channel(target, options=options)
-            if tls is None
-            else grpc.secure_channel(target, tls.credentials(), options=options)
+            grpc.insecure_channel(target, options=c.arguments)
+            if c.credentials is None
+            else grpc.secure_channel(target, c.credentials, options=c.arguments)
         )
         self._calls: dict[str, grpc.UnaryUnaryMultiCallable[Any, Any]] = {}
         self._publishers: list[Publisher] = []
@@ -104,11 +95,7 @@ class TaskGatewayClient:
             when_full=when_full,
         )
         publisher = Publisher(
-            self._call(PUBLISH_BATCH, gateway_pb2.PublishBatchResponse),
-            self._metadata,
-            settings,
-            self._retry,
-            self._deadline,
+            self._call(PUBLISH_BATCH, gateway_pb2.PublishBatchResponse), self._connection, settings
         )
         self._publishers.append(publisher)
         return publisher
@@ -126,13 +113,11 @@ class TaskGatewayClient:
         self.close()
 
     def _publish(self, task: Task, deadline: float | None) -> str:
-        attempts = Attempts(
-            self._retry, time.monotonic() + (deadline or self._deadline), task.idempotency_key
-        )
+        attempts = self._connection.attempts(task, deadline)
         call = self._call(task.path, task.response_type)
         while (timeout := attempts.timeout(time.monotonic())) is not None:
             try:
-                response = call(task.request, timeout=timeout, metadata=self._metadata)
+                response = call(task.request, timeout=timeout, metadata=self._connection.metadata)
             except grpc.RpcError as error:
                 delay = attempts.failed(from_rpc_error(error), time.monotonic())
                 if delay is None:

@@ -1,8 +1,10 @@
-"""How a client reaches the gateway: plaintext or TLS (optionally mutual), and a bearer token."""
+"""How a client reaches the gateway (plaintext or TLS, optionally mutual; a bearer token), and
+how long a task may take: what the sync and the asyncio clients are made with."""
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -10,7 +12,14 @@ from typing import Any
 
 import grpc
 
-__all__ = ["TLSConfig", "auth_metadata", "channel_arguments"]
+from task_gateway_client._retry import Attempts, RetryPolicy
+from task_gateway_client._tasks import Task
+
+__all__ = ["DEFAULT_DEADLINE", "Connection", "TLSConfig"]
+
+# Seconds a task may take from the call to its outcome, retries included. The gateway answers
+# once RabbitMQ confirmed; its own cap on waiting for a confirm is 10 s by default.
+DEFAULT_DEADLINE = 15.0
 
 # PEM contents, or the path of a PEM file.
 PemSource = bytes | str | os.PathLike[str]
@@ -43,7 +52,37 @@ class TLSConfig:
         )
 
 
-def channel_arguments(tls: TLSConfig | None) -> list[tuple[str, Any]]:
+@dataclass(frozen=True)
+class Connection:
+    """A client's settings, checked once: its channel's, and those of every call and task."""
+
+    credentials: grpc.ChannelCredentials | None  # None: plaintext
+    arguments: tuple[tuple[str, Any], ...]  # the channel's options
+    metadata: tuple[tuple[str, str], ...]  # sent with every call
+    deadline: float
+    retry: RetryPolicy
+
+    @classmethod
+    def of(
+        cls, tls: TLSConfig | None, token: str | None, deadline: float, retry: RetryPolicy | None
+    ) -> Connection:
+        if not deadline > 0:
+            raise ValueError(f"deadline must be positive seconds, got {deadline!r}")
+        return cls(
+            credentials=None if tls is None else tls.credentials(),
+            arguments=_channel_arguments(tls),
+            metadata=_auth_metadata(token),
+            deadline=deadline,
+            retry=retry or RetryPolicy(),
+        )
+
+    def attempts(self, task: Task, deadline: float | None = None) -> Attempts:
+        """The attempts of a task starting now, within `deadline` or the client's."""
+        ends = time.monotonic() + (deadline or self.deadline)
+        return Attempts(self.retry, ends, task.idempotency_key)
+
+
+def _channel_arguments(tls: TLSConfig | None) -> tuple[tuple[str, Any], ...]:
     """The channel's options: who we are, and the name to verify when overridden."""
     options: list[tuple[str, Any]] = [
         ("grpc.primary_user_agent", _user_agent()),
@@ -54,10 +93,10 @@ def channel_arguments(tls: TLSConfig | None) -> list[tuple[str, Any]]:
     ]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return options
+    return tuple(options)
 
 
-def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """The metadata every call carries: `authorization: Bearer <token>` when there is a token.
 
     Sent as metadata rather than call credentials so that it works on plaintext channels too
