@@ -51,7 +51,11 @@ class Publisher:
         self._settings = settings
         self._batcher: Batcher[Future[str]] = Batcher(settings, connection)
         self._changed = threading.Condition()
-        self._outstanding = 0  # tasks whose future is not resolved yet
+        # Tasks without an outcome yet (flow control counts them), and tasks with an outcome
+        # whose future is being resolved: room is made before a future is resolved, so that a
+        # caller whose future is done finds it; flush() returns once both are 0.
+        self._outstanding = 0
+        self._resolving = 0
         self._flushing = 0  # flush() calls waiting: send every ready task at once
         self._closed = False
         self._sender = threading.Thread(target=self._send_loop, name="task-gateway-publisher")
@@ -79,7 +83,7 @@ class Publisher:
             self._flushing += 1
             self._changed.notify_all()
             try:
-                self._changed.wait_for(lambda: self._outstanding == 0)
+                self._changed.wait_for(lambda: self._outstanding == self._resolving == 0)
             finally:
                 self._flushing -= 1
 
@@ -124,6 +128,7 @@ class Publisher:
                         return
                     self._changed.wait(self._batcher.wait(now))
                     continue
+                self._have_outcomes(len(step.outcomes))
             self._resolve(step.outcomes)
             for batch in step.batches:
                 request = gateway_pb2.PublishBatchRequest(entries=[p.entry for p in batch])
@@ -156,8 +161,14 @@ class Publisher:
     ) -> None:
         with self._changed:
             outcomes = self._batcher.settle(batch, answer, time.monotonic())
-            self._changed.notify_all()  # retries may be due sooner than the sender thought
+            self._have_outcomes(len(outcomes))  # and retries may be due sooner than thought
         self._resolve(outcomes)
+
+    def _have_outcomes(self, count: int) -> None:
+        """With the lock held: `count` tasks have their outcome, to be resolved next."""
+        self._outstanding -= count
+        self._resolving += count
+        self._changed.notify_all()
 
     def _resolve(self, outcomes: list[tuple[Future[str], Outcome]]) -> None:
         if not outcomes:
@@ -168,5 +179,5 @@ class Publisher:
             else:
                 future.set_exception(outcome)
         with self._changed:
-            self._outstanding -= len(outcomes)
+            self._resolving -= len(outcomes)
             self._changed.notify_all()
