@@ -44,7 +44,7 @@ class _Server:
         raise NotImplementedError
 
 
-class _AnyMethod(grpc.GenericRpcHandler):  # type: ignore[misc]
+class _AnyMethod(grpc.GenericRpcHandler):
     def __init__(self, unary: Callable[[str, bytes, Context], Awaitable[bytes]]) -> None:
         self._unary = unary
 

@@ -25,7 +25,7 @@ from task_gateway_client._errors import Failure, PublisherFull, TaskGatewayError
 from task_gateway_client._retry import Attempts
 from task_gateway_client._tasks import Task
 
-__all__ = ["BatchSettings", "Batcher", "Pending", "Settled"]
+__all__ = ["BatchSettings", "Batcher", "Pending", "Step"]
 
 Handle = TypeVar("Handle")
 # A task's outcome: its task key, or the error its caller gets.
@@ -64,7 +64,6 @@ class BatchSettings:
 class Pending(Generic[Handle]):
     """A task between its publish() and its outcome; `handle` is the caller's future."""
 
-    task: Task
     handle: Handle
     attempts: Attempts
     entry: gateway_pb2.TaskEntry
@@ -75,14 +74,16 @@ class Pending(Generic[Handle]):
 
 
 @dataclass
-class Settled(Generic[Handle]):
-    """What a step of the batcher decided: batches to send, and tasks whose outcome is known."""
+class Step(Generic[Handle]):
+    """What the batcher decided at one moment: batches to send, tasks whose outcome is known."""
 
     batches: list[list[Pending[Handle]]] = field(default_factory=list)
     outcomes: list[tuple[Handle, Outcome]] = field(default_factory=list)
 
 
 class Batcher(Generic[Handle]):
+    """The tasks of one publisher: those ready to go, and those waiting out a backoff."""
+
     def __init__(self, settings: BatchSettings, connection: Connection) -> None:
         self._settings = settings
         self._connection = connection  # its deadline: each task's, from publish() to its outcome
@@ -97,11 +98,11 @@ class Batcher(Generic[Handle]):
         connection = self._connection
         attempts = Attempts(connection.retry, now + connection.deadline, task.idempotency_key)
         due_at = now + self._settings.max_latency
-        pending = Pending(task, handle, attempts, entry, entry.ByteSize(), due_at)
+        pending = Pending(handle, attempts, entry, entry.ByteSize(), due_at)
         self._ready.append(pending)
         self._ready_bytes += pending.size
 
-    def due(self, now: float, *, flush: bool) -> Settled[Handle]:
+    def due(self, now: float, *, flush: bool) -> Step[Handle]:
         """The batches to send now (every ready task when flushing), and tasks out of time."""
         retries = []
         while self._backing_off and self._backing_off[0][0] <= now:
@@ -109,7 +110,7 @@ class Batcher(Generic[Handle]):
         # Retries waited for a batch before: they go first, in the next batch out.
         self._ready.extendleft(reversed(retries))
         self._ready_bytes += sum(pending.size for pending in retries)
-        step: Settled[Handle] = Settled()
+        step: Step[Handle] = Step()
         settings = self._settings
         while self._ready and (
             flush
