@@ -36,6 +36,9 @@ class Publisher:
     `publish` and `submit` return a `concurrent.futures.Future` of the task key at once; each
     task is retried on its own with its one idempotency key. `flush()` sends what waits and
     returns once every task so far has its outcome; `close()` flushes and stops.
+
+    A future's done-callbacks run on grpc's threads: keep them short, and do not publish from
+    them with `when_full="block"` (a full publisher would wait on the thread that frees it).
     """
 
     def __init__(
