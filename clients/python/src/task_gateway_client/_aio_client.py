@@ -1,0 +1,137 @@
+"""The asyncio client: the sync client's calls and retries, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from taskgateway_api.taskgateway.v1 import gateway_pb2
+
+from task_gateway_client._aio_publisher import AsyncPublisher
+from task_gateway_client._batching import BatchSettings
+from task_gateway_client._connection import DEFAULT_DEADLINE, Connection, TLSConfig
+from task_gateway_client._errors import from_rpc_error
+from task_gateway_client._retry import RetryPolicy
+from task_gateway_client._tasks import (
+    PUBLISH_BATCH,
+    Task,
+    generic_task,
+    serialize,
+    typed_task,
+)
+
+__all__ = ["AsyncTaskGatewayClient"]
+
+
+class AsyncTaskGatewayClient:
+    """A connection to the Task Gateway for asyncio code; use it with `async with`.
+
+    Takes the same arguments as TaskGatewayClient. Make it inside the event loop that uses it.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: TLSConfig | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._connection = c = Connection.of(tls, token, deadline, retry)
+        self._channel = (
+            grpc.aio.insecure_channel(target, options=c.arguments)
+            if c.credentials is None
+            else grpc.aio.secure_channel(target, c.credentials, options=c.arguments)
+        )
+        self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._publishers: list[AsyncPublisher] = []
+
+    async def submit(self, request: Message, *, deadline: float | None = None) -> str:
+        """Publish a typed request (e.g. images_pb2.GenerateRequest) with its RPC; its task key."""
+        return await self._publish(typed_task(request), deadline)
+
+    async def publish(
+        self,
+        task_type: str,
+        user_id: str,
+        payload: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
+    ) -> str:
+        """Publish a task of any task type with a JSON-like payload (the generic Publish)."""
+        task = generic_task(task_type, user_id, payload, idempotency_key)
+        return await self._publish(task, deadline)
+
+    def publisher(
+        self,
+        *,
+        max_batch: int = 100,
+        max_latency: float = 0.01,
+        max_outstanding: int = 1000,
+        when_full: str = "block",
+        max_batch_bytes: int = 512 * 1024,
+    ) -> AsyncPublisher:
+        """A batching publisher on this connection (see AsyncPublisher); closed with the client.
+
+        The knobs are those of `TaskGatewayClient.publisher`.
+        """
+        settings = BatchSettings(
+            max_batch=max_batch,
+            max_latency=max_latency,
+            max_batch_bytes=max_batch_bytes,
+            max_outstanding=max_outstanding,
+            when_full=when_full,
+        )
+        publisher = AsyncPublisher(
+            self._call(PUBLISH_BATCH, gateway_pb2.PublishBatchResponse), self._connection, settings
+        )
+        self._publishers.append(publisher)
+        return publisher
+
+    async def close(self) -> None:
+        """Close the publishers (waiting for their tasks), then the connection."""
+        for publisher in self._publishers:
+            await publisher.close()
+        await self._channel.close(grace=None)
+
+    async def __aenter__(self) -> AsyncTaskGatewayClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _publish(self, task: Task, deadline: float | None) -> str:
+        attempts = self._connection.attempts(task, deadline)
+        call = self._call(task.path, task.response_type)
+        while (timeout := attempts.timeout(time.monotonic())) is not None:
+            try:
+                metadata = self._connection.metadata
+                response = await call(task.request, timeout=timeout, metadata=metadata)
+            except grpc.aio.AioRpcError as error:
+                delay = attempts.failed(from_rpc_error(error), time.monotonic())
+                if delay is None:
+                    raise attempts.final_error() from error
+                await asyncio.sleep(delay)
+            else:
+                task_key: str = response.task_key
+                return task_key
+        raise attempts.final_error()
+
+    def _call(
+        self, path: str, response_type: type[Message]
+    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+        call = self._calls.get(path)
+        if call is None:
+            call = self._channel.unary_unary(
+                path,
+                request_serializer=serialize,
+                response_deserializer=response_type.FromString,
+            )
+            self._calls[path] = call
+        return call

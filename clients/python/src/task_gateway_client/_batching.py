@@ -1,0 +1,201 @@
+"""The batching publisher's bookkeeping, free of I/O: which tasks go out together, and when.
+
+A task waits at most `max_latency` for others to share its PublishBatch call; a batch leaves
+at once when it holds `max_batch` tasks or `max_batch_bytes` of entries. Each entry of the
+answer settles its own task: a task key, a final error, or another attempt after a backoff
+(with the same idempotency key, so the gateway derives the same task id). The threaded and
+the asyncio publishers drive this with their own clocks, locks and calls.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import grpc
+from taskgateway_api.taskgateway.v1 import gateway_pb2
+
+from task_gateway_client._connection import Connection
+from task_gateway_client._errors import Failure, PublisherFull, TaskGatewayError, from_status
+from task_gateway_client._retry import Attempts
+from task_gateway_client._tasks import Task
+
+__all__ = ["BatchSettings", "Batcher", "Pending", "Step"]
+
+Handle = TypeVar("Handle")
+# A task's outcome: its task key, or the error its caller gets.
+Outcome = str | TaskGatewayError
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How tasks are gathered into PublishBatch calls (see `TaskGatewayClient.publisher`)."""
+
+    max_batch: int = 100
+    max_latency: float = 0.01
+    max_batch_bytes: int = 512 * 1024
+    max_outstanding: int = 1000
+    when_full: str = "block"
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_batch_bytes", "max_outstanding"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.max_latency < 0:
+            raise ValueError(f"max_latency must be 0 or more seconds, got {self.max_latency!r}")
+        if self.when_full not in ("block", "raise"):
+            raise ValueError(f"when_full must be 'block' or 'raise', got {self.when_full!r}")
+
+    def full(self) -> PublisherFull:
+        """The error of a publish() refused by flow control (when_full="raise")."""
+        return PublisherFull(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the publisher already holds max_outstanding={self.max_outstanding} tasks; "
+            "nothing was sent",
+        )
+
+
+@dataclass(eq=False)
+class Pending(Generic[Handle]):
+    """A task between its publish() and its outcome; `handle` is the caller's future."""
+
+    handle: Handle
+    attempts: Attempts
+    entry: gateway_pb2.TaskEntry
+    size: int
+    # time.monotonic() by which it leaves in a batch, full or not: max_latency after publish(),
+    # or the end of its backoff for a retry.
+    due_at: float
+
+
+@dataclass
+class Step(Generic[Handle]):
+    """What the batcher decided at one moment: batches to send, tasks whose outcome is known."""
+
+    batches: list[list[Pending[Handle]]] = field(default_factory=list)
+    outcomes: list[tuple[Handle, Outcome]] = field(default_factory=list)
+
+
+class Batcher(Generic[Handle]):
+    """The tasks of one publisher: those ready to go, and those waiting out a backoff."""
+
+    def __init__(self, settings: BatchSettings, connection: Connection) -> None:
+        self._settings = settings
+        self._connection = connection  # its deadline: each task's, from publish() to its outcome
+        self._ready: deque[Pending[Handle]] = deque()
+        self._ready_bytes = 0
+        # Tasks waiting out a backoff, by the time they may go again.
+        self._backing_off: list[tuple[float, int, Pending[Handle]]] = []
+        self._order = itertools.count()
+
+    def add(self, task: Task, handle: Handle, now: float) -> None:
+        entry = task.entry()
+        connection = self._connection
+        attempts = Attempts(connection.retry, now + connection.deadline, task.idempotency_key)
+        due_at = now + self._settings.max_latency
+        pending = Pending(handle, attempts, entry, entry.ByteSize(), due_at)
+        self._ready.append(pending)
+        self._ready_bytes += pending.size
+
+    def due(self, now: float, *, flush: bool) -> Step[Handle]:
+        """The batches to send now (every ready task when flushing), and tasks out of time."""
+        retries = []
+        while self._backing_off and self._backing_off[0][0] <= now:
+            retries.append(heapq.heappop(self._backing_off)[2])
+        # Retries waited for a batch before: they go first, in the next batch out.
+        self._ready.extendleft(reversed(retries))
+        self._ready_bytes += sum(pending.size for pending in retries)
+        step: Step[Handle] = Step()
+        settings = self._settings
+        while self._ready and (
+            flush
+            or len(self._ready) >= settings.max_batch
+            or self._ready_bytes >= settings.max_batch_bytes
+            or now >= self._ready[0].due_at
+        ):
+            batch: list[Pending[Handle]] = []
+            size = 0
+            while self._ready and len(batch) < settings.max_batch:
+                pending = self._ready[0]
+                if batch and size + pending.size > settings.max_batch_bytes:
+                    break
+                self._ready.popleft()
+                self._ready_bytes -= pending.size
+                if pending.attempts.timeout(now) is None:
+                    step.outcomes.append((pending.handle, pending.attempts.final_error()))
+                    continue
+                batch.append(pending)
+                size += pending.size
+            if batch:
+                step.batches.append(batch)
+        return step
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until a batch may be due with no new task, or None when nothing waits."""
+        times = [at for at, _, _ in self._backing_off[:1]]
+        if self._ready:
+            times.append(self._ready[0].due_at)
+        return max(0.0, min(times) - now) if times else None
+
+    @staticmethod
+    def timeout(batch: Sequence[Pending[Handle]], now: float) -> float:
+        """The batch call's timeout: what remains of the most pressed task's deadline."""
+        # At least a moment: a task is only sent while it has time left, and grpc answers a
+        # timeout already past without sending anything.
+        return max(min(p.attempts.deadline for p in batch) - now, 0.001)
+
+    def settle(
+        self,
+        batch: Sequence[Pending[Handle]],
+        answer: gateway_pb2.PublishBatchResponse | Failure,
+        now: float,
+    ) -> list[tuple[Handle, Outcome]]:
+        """Take the answer to a batch call; return the tasks whose outcome is now known.
+
+        The others wait out their backoff and go again with a later batch.
+        """
+        if isinstance(answer, Failure):  # the call as a whole failed: so did each task
+            failures: list[Failure | str] = [answer] * len(batch)
+        else:
+            failures = _per_task(answer, len(batch))
+        outcomes: list[tuple[Handle, Outcome]] = []
+        # One draw of jitter for the batch: its tasks that go again go together, in one batch,
+        # rather than each on its own when the gateway is struggling.
+        jitter = random.random()
+        for pending, result in zip(batch, failures, strict=True):
+            if isinstance(result, str):
+                outcomes.append((pending.handle, result))
+                continue
+            delay = pending.attempts.failed(result, now, jitter)
+            if delay is None:
+                outcomes.append((pending.handle, pending.attempts.final_error()))
+            else:
+                pending.due_at = now + delay
+                heapq.heappush(self._backing_off, (pending.due_at, next(self._order), pending))
+        return outcomes
+
+
+def _per_task(response: gateway_pb2.PublishBatchResponse, count: int) -> list[Failure | str]:
+    """Each entry's task key, or its failure; an answer missing an entry leaves it unknown."""
+    results: list[Failure | str] = [_missing] * count
+    for result in response.results:
+        if result.index < count:
+            if result.WhichOneof("result") == "task_key":
+                results[result.index] = result.task_key
+            else:
+                results[result.index] = from_status(result.error)
+    return results
+
+
+# A batch answer without an entry's result (a gateway bug): it may have been published.
+_missing = Failure(
+    TaskGatewayError(
+        grpc.StatusCode.INTERNAL, "the gateway's batch answer has no result for this task"
+    ),
+    outcome_unknown=True,
+)

@@ -1,0 +1,142 @@
+"""The sync client: one call per task, retried with its one idempotency key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from taskgateway_api.taskgateway.v1 import gateway_pb2
+
+from task_gateway_client._batching import BatchSettings
+from task_gateway_client._connection import DEFAULT_DEADLINE, Connection, TLSConfig
+from task_gateway_client._errors import from_rpc_error
+from task_gateway_client._publisher import Publisher
+from task_gateway_client._retry import RetryPolicy
+from task_gateway_client._tasks import (
+    PUBLISH_BATCH,
+    Task,
+    generic_task,
+    serialize,
+    typed_task,
+)
+
+__all__ = ["TaskGatewayClient"]
+
+
+class TaskGatewayClient:
+    """A connection to the Task Gateway, for threads and plain functions.
+
+    `target` is `host:port`. `tls` (a TLSConfig) turns TLS on; `token` is sent as
+    `authorization: Bearer <token>`. `deadline` bounds each task from the call to its outcome,
+    every retry included; `retry` says how to back off between attempts.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: TLSConfig | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._connection = c = Connection.of(tls, token, deadline, retry)
+        self._channel = (
+            grpc.insecure_channel(target, options=c.arguments)
+            if c.credentials is None
+            else grpc.secure_channel(target, c.credentials, options=c.arguments)
+        )
+        self._calls: dict[str, grpc.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._publishers: list[Publisher] = []
+
+    def submit(self, request: Message, *, deadline: float | None = None) -> str:
+        """Publish a typed request (e.g. images_pb2.GenerateRequest) with its RPC; its task key.
+
+        The RPC is the one of the contracts that takes this message type. Raises a
+        TaskGatewayError subclass (InvalidTask, OutcomeUnknown, ...) when it is not published.
+        """
+        return self._publish(typed_task(request), deadline)
+
+    def publish(
+        self,
+        task_type: str,
+        user_id: str,
+        payload: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
+    ) -> str:
+        """Publish a task of any task type with a JSON-like payload (the generic Publish)."""
+        return self._publish(generic_task(task_type, user_id, payload, idempotency_key), deadline)
+
+    def publisher(
+        self,
+        *,
+        max_batch: int = 100,
+        max_latency: float = 0.01,
+        max_outstanding: int = 1000,
+        when_full: str = "block",
+        max_batch_bytes: int = 512 * 1024,
+    ) -> Publisher:
+        """A batching publisher on this connection (see Publisher); closed with the client.
+
+        A task waits up to `max_latency` seconds for others to share a PublishBatch call of at
+        most `max_batch` tasks and `max_batch_bytes`; when `max_outstanding` tasks await their
+        outcome, `publish` blocks (`when_full="block"`) or raises PublisherFull (`"raise"`).
+        """
+        settings = BatchSettings(
+            max_batch=max_batch,
+            max_latency=max_latency,
+            max_batch_bytes=max_batch_bytes,
+            max_outstanding=max_outstanding,
+            when_full=when_full,
+        )
+        publisher = Publisher(
+            self._call(PUBLISH_BATCH, gateway_pb2.PublishBatchResponse), self._connection, settings
+        )
+        self._publishers.append(publisher)
+        return publisher
+
+    def close(self) -> None:
+        """Close the publishers (waiting for their tasks), then the connection."""
+        for publisher in self._publishers:
+            publisher.close()
+        self._channel.close()
+
+    def __enter__(self) -> TaskGatewayClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _publish(self, task: Task, deadline: float | None) -> str:
+        attempts = self._connection.attempts(task, deadline)
+        call = self._call(task.path, task.response_type)
+        while (timeout := attempts.timeout(time.monotonic())) is not None:
+            try:
+                response = call(task.request, timeout=timeout, metadata=self._connection.metadata)
+            except grpc.RpcError as error:
+                delay = attempts.failed(from_rpc_error(error), time.monotonic())
+                if delay is None:
+                    raise attempts.final_error() from error
+                time.sleep(delay)
+            else:
+                task_key: str = response.task_key
+                return task_key
+        raise attempts.final_error()
+
+    def _call(
+        self, path: str, response_type: type[Message]
+    ) -> grpc.UnaryUnaryMultiCallable[Any, Any]:
+        call = self._calls.get(path)
+        if call is None:
+            call = self._channel.unary_unary(
+                path,
+                request_serializer=serialize,
+                response_deserializer=response_type.FromString,
+            )
+            self._calls[path] = call
+        return call

@@ -1,0 +1,85 @@
+"""The client SDK against a real gateway publishing to the real RabbitMQ (the integration
+suite's vhost and topology), and against the small servers of `servers.py`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from taskgateway_api.images.v1 import images_pb2
+
+from tests.clients.servers import DroppingProxy, FakeGateway, Script
+from tests.conftest import RunningGateway, make_settings
+from tests.integration.conftest import Topology, rabbitmq_url, topology, wait_connected
+
+__all__ = ["rabbitmq_url", "topology"]  # the integration suite's fixtures, used here too
+
+
+@pytest.fixture
+async def gateway(start_gateway: Any, rabbitmq_url: str, topology: Topology) -> RunningGateway:
+    """A gateway in this process, connected to the test vhost."""
+    running: RunningGateway = await start_gateway(make_settings(rabbitmq_url))
+    await wait_connected(running.gateway)
+    return running
+
+
+@pytest.fixture
+async def dropping_proxy() -> AsyncIterator[Any]:
+    """Start proxies to a gateway that drop its first answers; stopped after the test."""
+    proxies: list[DroppingProxy] = []
+
+    async def start(upstream: str, drops: int) -> DroppingProxy:
+        proxy = DroppingProxy(upstream, drops)
+        await proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        await proxy.stop()
+
+
+@pytest.fixture
+async def fake_gateway() -> AsyncIterator[Any]:
+    """Start scripted fake gateways; stopped after the test."""
+    fakes: list[FakeGateway] = []
+
+    async def start(script: Script, **start_args: Any) -> FakeGateway:
+        fake = FakeGateway(script)
+        await fake.start(**start_args)
+        fakes.append(fake)
+        return fake
+
+    yield start
+    for fake in fakes:
+        await fake.stop()
+
+
+def generate_request(image_name: str = "warrior", **fields: Any) -> images_pb2.GenerateRequest:
+    """A valid images.generate request."""
+    return images_pb2.GenerateRequest(
+        user_id="12345",
+        payload=images_pb2.GeneratePayload(
+            model="openrouter::google/gemini-3.1-flash-image-preview",
+            prompt="post-apocalyptic warrior standing in a ruined city",
+            image_name=image_name,
+        ),
+        **fields,
+    )
+
+
+def task_id(task_key: str) -> str:
+    return task_key.rsplit(":", 1)[1]
+
+
+def task_ids(messages: Iterable[AbstractIncomingMessage]) -> list[str]:
+    """The task id of each message, from its body (checked against its message_id)."""
+    ids = []
+    for message in messages:
+        body = json.loads(message.body)
+        assert message.message_id == body["task_id"]
+        ids.append(body["task_id"])
+    return ids

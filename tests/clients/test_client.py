@@ -1,0 +1,156 @@
+"""The clients' submit and publish against a gateway publishing to RabbitMQ.
+
+Each test runs with the sync client (in a thread, as the gateway serves from this event loop)
+and with the asyncio client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from task_gateway_client import (
+    AsyncTaskGatewayClient,
+    FieldViolation,
+    InvalidTask,
+    OutcomeUnknown,
+    RetryPolicy,
+    TaskGatewayClient,
+    Unavailable,
+)
+from taskgateway_api.taskgateway.v1 import gateway_pb2
+
+from tests.clients.conftest import generate_request, task_id, task_ids
+from tests.conftest import RunningGateway
+from tests.integration.conftest import Topology
+from tests.service.gateway_process import free_port
+
+FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=3)
+
+
+@pytest.fixture(params=["sync", "async"])
+def call(request: pytest.FixtureRequest) -> Any:
+    """`await call(target, "submit", request, client_args...)`: one call on a fresh client."""
+
+    async def run(target: str, method: str, *args: Any, client: Any = None, **kwargs: Any) -> Any:
+        client_args = client or {}
+        if request.param == "sync":
+
+            def in_thread() -> Any:
+                with TaskGatewayClient(target, **client_args) as sync_client:
+                    return getattr(sync_client, method)(*args, **kwargs)
+
+            return await asyncio.to_thread(in_thread)
+        async with AsyncTaskGatewayClient(target, **client_args) as async_client:
+            return await getattr(async_client, method)(*args, **kwargs)
+
+    return run
+
+
+async def test_submit_and_publish_each_land_one_message_with_the_answered_task_id(
+    gateway: RunningGateway, topology: Topology, call: Any
+) -> None:
+    """A typed submit and a generic publish each land one message whose task id the key holds."""
+    typed_key = await call(gateway.address, "submit", generate_request("fox"))
+    generic_key = await call(
+        gateway.address,
+        "publish",
+        "videos.generate",
+        "12345",
+        {"model": "v1", "prompt": "waves", "video_name": "sea", "duration_seconds": 5},
+    )
+
+    images, videos = await topology.drain("images.queue"), await topology.drain("videos.queue")
+    assert typed_key.startswith("12345:image-generation:")
+    assert generic_key.startswith("12345:video-generation:")
+    assert task_ids(images) == [task_id(typed_key)]
+    assert task_ids(videos) == [task_id(generic_key)]
+    assert json.loads(images[0].body)["payload"]["image_name"] == "fox"
+    assert json.loads(videos[0].body)["payload"]["duration_seconds"] == 5
+
+
+async def test_invalid_task_raises_invalid_task_naming_the_field_and_nothing_lands(
+    gateway: RunningGateway, topology: Topology, call: Any
+) -> None:
+    """A task without image_name raises InvalidTask whose violation names payload.image_name."""
+    request = generate_request()
+    request.payload.ClearField("image_name")
+
+    with pytest.raises(InvalidTask) as raised:
+        await call(gateway.address, "submit", request)
+
+    assert raised.value.violations == [FieldViolation("payload.image_name", "is required")]
+    assert raised.value.code.name == "INVALID_ARGUMENT"
+    assert await topology.drain_all() == {"images.queue": [], "videos.queue": []}
+
+
+async def test_a_retry_after_a_dropped_answer_lands_messages_of_one_task_id(
+    gateway: RunningGateway, topology: Topology, call: Any, dropping_proxy: Any
+) -> None:
+    """When the first answer is lost, the retry reuses the key: both messages carry one task id."""
+    proxy = await dropping_proxy(gateway.address, drops=1)
+
+    task_key = await call(proxy.address, "submit", generate_request(), client={"retry": FAST_RETRY})
+
+    landed = task_ids(await topology.drain("images.queue"))
+    assert len(proxy.forwarded) == 2
+    assert landed == [task_id(task_key)] * 2
+
+
+async def test_an_unknown_outcome_carries_the_key_that_makes_the_same_task_again(
+    gateway: RunningGateway, topology: Topology, call: Any, dropping_proxy: Any
+) -> None:
+    """OutcomeUnknown's idempotency key, sent again, yields the task id its lost attempts had."""
+    proxy = await dropping_proxy(gateway.address, drops=3)
+    retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=3)
+
+    with pytest.raises(OutcomeUnknown) as raised:
+        await call(
+            proxy.address,
+            "publish",
+            "images.generate",
+            "12345",
+            {"model": "m", "prompt": "p", "image_name": "w"},
+            client={"retry": retry},
+        )
+    lost = task_ids(await topology.drain("images.queue"))
+    again = await call(
+        gateway.address,
+        "publish",
+        "images.generate",
+        "12345",
+        {"model": "m", "prompt": "p", "image_name": "w"},
+        idempotency_key=raised.value.idempotency_key,
+    )
+
+    assert len(lost) == 3
+    assert set(lost) == {task_id(again)}
+
+
+async def test_a_gateway_that_cannot_be_reached_raises_unavailable(call: Any) -> None:
+    """No connection at all means nothing was sent: Unavailable, not OutcomeUnknown."""
+    with pytest.raises(Unavailable) as raised:
+        await call(
+            f"127.0.0.1:{free_port()}", "submit", generate_request(), client={"retry": FAST_RETRY}
+        )
+
+    assert not isinstance(raised.value, OutcomeUnknown)
+
+
+def test_a_message_that_no_task_rpc_takes_is_refused_before_anything_is_sent() -> None:
+    """submit() of a message that is no typed request raises TypeError listing the typed ones."""
+    with TaskGatewayClient("127.0.0.1:1") as client, pytest.raises(TypeError) as raised:
+        client.submit(gateway_pb2.ListTaskTypesRequest())
+
+    assert "taskgateway.v1.ListTaskTypesRequest is not the request of a task RPC" in str(
+        raised.value
+    )
+    assert "images.v1.GenerateRequest" in str(raised.value)
+
+
+def test_a_payload_that_is_not_json_like_is_refused_before_anything_is_sent() -> None:
+    """publish() of a payload holding a non-JSON value raises TypeError naming the payload."""
+    with TaskGatewayClient("127.0.0.1:1") as client, pytest.raises(TypeError, match="payload"):
+        client.publish("images.generate", "12345", {"when": object()})

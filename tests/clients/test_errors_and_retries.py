@@ -1,0 +1,216 @@
+"""What the clients make of the gateway's answers, against a scripted fake gateway: which
+errors are retried (and after how long), which exception each code raises, and what every
+call carries (the token, TLS with client certificates)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from task_gateway_client import (
+    AsyncTaskGatewayClient,
+    PermissionDenied,
+    QuotaExceeded,
+    RetryPolicy,
+    TaskGatewayClient,
+    TaskGatewayError,
+    TLSConfig,
+    Unauthenticated,
+)
+from taskgateway_api.images.v1 import images_pb2
+from taskgateway_api.taskgateway.v1 import gateway_pb2
+
+from tests.clients.conftest import generate_request
+from tests.clients.servers import Call, Context, abort_with_status
+
+TASK_KEY = "12345:image-generation:0b5f0a4e-6a8e-5d4c-9a4f-3b2e1d0c9b8a"
+ANSWER = images_pb2.GenerateResponse(task_key=TASK_KEY).SerializeToString()
+
+
+def keys_sent(calls: list[Call]) -> list[str]:
+    return [images_pb2.GenerateRequest.FromString(c.request).idempotency_key for c in calls]
+
+
+async def test_resource_exhausted_with_retry_info_is_retried_after_its_delay(
+    fake_gateway: Any,
+) -> None:
+    """RESOURCE_EXHAUSTED with RetryInfo is tried again, no sooner than the delay, same key."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        if len(fake.calls) == 1:
+            await abort_with_status(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, "quota", retry_delay=0.3
+            )
+        return ANSWER
+
+    fake = await fake_gateway(script)
+    async with AsyncTaskGatewayClient(fake.address) as client:
+        task_key = await client.submit(generate_request())
+
+    first, second = fake.calls
+    assert task_key == TASK_KEY
+    assert second.at - first.at >= 0.3
+    assert len(set(keys_sent(fake.calls))) == 1
+
+
+async def test_resource_exhausted_without_retry_info_is_not_retried(fake_gateway: Any) -> None:
+    """RESOURCE_EXHAUSTED without RetryInfo raises QuotaExceeded after the one attempt."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        await abort_with_status(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "in-flight cap")
+        return ANSWER
+
+    fake = await fake_gateway(script)
+    async with AsyncTaskGatewayClient(fake.address) as client:
+        with pytest.raises(QuotaExceeded) as raised:
+            await client.submit(generate_request())
+
+    assert len(fake.calls) == 1
+    assert raised.value.message == "in-flight cap"
+    assert raised.value.retry_delay is None
+
+
+async def test_a_retry_delay_beyond_the_deadline_is_not_waited_for(fake_gateway: Any) -> None:
+    """A RetryInfo delay longer than the deadline leaves raises QuotaExceeded with that delay."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        await abort_with_status(
+            context, grpc.StatusCode.RESOURCE_EXHAUSTED, "quota", retry_delay=60
+        )
+        return ANSWER
+
+    fake = await fake_gateway(script)
+    async with AsyncTaskGatewayClient(fake.address, deadline=5) as client:
+        with pytest.raises(QuotaExceeded) as raised:
+            await client.submit(generate_request())
+
+    assert len(fake.calls) == 1
+    assert raised.value.retry_delay == 60
+
+
+@pytest.mark.parametrize(
+    ("code", "exception"),
+    [
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
+        (grpc.StatusCode.FAILED_PRECONDITION, TaskGatewayError),
+    ],
+)
+async def test_each_refusal_raises_its_exception_after_one_attempt(
+    fake_gateway: Any, code: grpc.StatusCode, exception: type[TaskGatewayError]
+) -> None:
+    """A refusal is not retried and raises the exception of its code, with code and message."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        await abort_with_status(context, code, f"refused: {code.name}")
+        return ANSWER
+
+    fake = await fake_gateway(script)
+
+    def submit() -> None:
+        with TaskGatewayClient(fake.address) as client:
+            client.submit(generate_request())
+
+    with pytest.raises(TaskGatewayError) as raised:
+        await asyncio.to_thread(submit)
+
+    assert type(raised.value) is exception
+    assert (raised.value.code, raised.value.message) == (code, f"refused: {code.name}")
+    assert len(fake.calls) == 1
+
+
+async def test_unavailable_is_retried_with_the_same_key_until_answered(fake_gateway: Any) -> None:
+    """UNAVAILABLE twice, then an answer: three attempts, one idempotency key, the key returned."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        if len(fake.calls) < 3:
+            await abort_with_status(context, grpc.StatusCode.UNAVAILABLE, "broker away")
+        return gateway_pb2.PublishResponse(task_key=TASK_KEY).SerializeToString()
+
+    fake = await fake_gateway(script)
+    retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.02)
+    async with AsyncTaskGatewayClient(fake.address, retry=retry) as client:
+        task_key = await client.publish("images.generate", "12345", {"model": "m"})
+
+    sent = [gateway_pb2.PublishRequest.FromString(c.request) for c in fake.calls]
+    assert task_key == TASK_KEY
+    assert len({request.idempotency_key for request in sent}) == 1
+    assert len(sent) == 3
+
+
+async def test_every_call_carries_the_bearer_token(fake_gateway: Any) -> None:
+    """The token goes out as `authorization: Bearer <token>` metadata."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        return ANSWER
+
+    fake = await fake_gateway(script)
+    async with AsyncTaskGatewayClient(fake.address, token="s3cret-token") as client:
+        await client.submit(generate_request())
+
+    assert fake.calls[0].metadata["authorization"] == "Bearer s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for gateway.test and a client certificate, made by openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (it makes the test certificates)")
+    where = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True, timeout=30)
+
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test-ca")
+    for name, extension in [
+        ("server", "subjectAltName=DNS:gateway.test"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ]:
+        (where / f"{name}.ext").write_text(extension + "\n")
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+        )  # fmt: skip
+    return where
+
+
+async def test_mutual_tls_with_pem_bytes_and_paths(fake_gateway: Any, certificates: Path) -> None:
+    """Over mutual TLS the call goes through, and the server sees the client's certificate."""
+    seen_identity: list[bytes] = []
+
+    async def script(call: Call, context: Context) -> bytes:
+        seen_identity.extend(context.peer_identities() or [])
+        return ANSWER
+
+    server_credentials = grpc.ssl_server_credentials(
+        [((certificates / "server.key").read_bytes(), (certificates / "server.pem").read_bytes())],
+        root_certificates=(certificates / "ca.pem").read_bytes(),
+        require_client_auth=True,
+    )
+    fake = await fake_gateway(script, credentials=server_credentials)
+    tls = TLSConfig(
+        ca=certificates / "ca.pem",
+        cert=(certificates / "client.pem").read_bytes(),
+        key=str(certificates / "client.key"),
+        server_name="gateway.test",
+    )
+    async with AsyncTaskGatewayClient(fake.address, tls=tls) as client:
+        task_key = await client.submit(generate_request())
+
+    assert task_key == TASK_KEY
+    assert seen_identity == [b"client"]
+
+
+def test_tls_settings_that_cannot_work_are_refused_naming_the_setting(tmp_path: Path) -> None:
+    """A key without a certificate, or a PEM file that is not there, is a ValueError naming it."""
+    with pytest.raises(ValueError, match=r"tls\.cert and tls\.key go together"):
+        TLSConfig(key=b"key")
+    with pytest.raises(ValueError, match=r"tls\.ca: cannot read .*missing\.pem"):
+        TaskGatewayClient("127.0.0.1:1", tls=TLSConfig(ca=tmp_path / "missing.pem"))

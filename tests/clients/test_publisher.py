@@ -1,0 +1,296 @@
+"""The batching publisher: many tasks in few PublishBatch calls, each settled and retried on its
+own, with flow control, against the real gateway (and RabbitMQ) or a scripted fake one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from concurrent.futures import Future
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import status_pb2
+from task_gateway_client import (
+    AsyncTaskGatewayClient,
+    FieldViolation,
+    InvalidTask,
+    PublisherFull,
+    RetryPolicy,
+    TaskGatewayClient,
+)
+from taskgateway_api.images.v1 import images_pb2
+from taskgateway_api.taskgateway.v1 import gateway_pb2
+
+from tests.clients.conftest import generate_request, task_id, task_ids
+from tests.clients.servers import Call, Context
+from tests.conftest import RunningGateway
+from tests.integration.conftest import Topology
+
+FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+
+
+class Publishing:
+    """One publisher of either client, driven from the event loop the gateway serves from.
+
+    The sync publisher's publish() only queues the task (its sender thread calls the
+    gateway), so it is called directly unless it may block on flow control.
+    """
+
+    def __init__(self, kind: str, target: str, **settings: Any) -> None:
+        self.kind = kind
+        client_args = {"retry": settings.pop("retry", FAST_RETRY)}
+        if kind == "sync":
+            self.client: Any = TaskGatewayClient(target, **client_args)
+        else:
+            self.client = AsyncTaskGatewayClient(target, **client_args)
+        self.publisher = self.client.publisher(**settings)
+
+    async def submit(self, request: Any) -> asyncio.Future[str]:
+        if self.kind == "sync":
+            return asyncio.wrap_future(self.publisher.submit(request))
+        future: asyncio.Future[str] = await self.publisher.submit(request)
+        return future
+
+    async def publish(self, *args: Any, **kwargs: Any) -> asyncio.Future[str]:
+        if self.kind == "sync":
+            return asyncio.wrap_future(self.publisher.publish(*args, **kwargs))
+        future: asyncio.Future[str] = await self.publisher.publish(*args, **kwargs)
+        return future
+
+    async def submit_in_background(self, request: Any) -> asyncio.Task[asyncio.Future[str]]:
+        """submit() in a task (a thread for the sync publisher), for when it may block."""
+        if self.kind == "sync":
+            blocking = asyncio.to_thread(self.publisher.submit, request)
+
+            async def wrapped() -> asyncio.Future[str]:
+                concurrent: Future[str] = await blocking
+                return asyncio.wrap_future(concurrent)
+
+            return asyncio.create_task(wrapped())
+        return asyncio.create_task(self.publisher.submit(request))
+
+    async def close(self) -> None:
+        if self.kind == "sync":
+            await asyncio.to_thread(self.client.close)
+        else:
+            await self.client.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+async def publishing(request: pytest.FixtureRequest) -> Any:
+    """`publishing(target, **publisher settings)`: a publisher of the sync or asyncio client."""
+    made: list[Publishing] = []
+
+    def make(target: str, **settings: Any) -> Publishing:
+        made.append(Publishing(request.param, target, **settings))
+        return made[-1]
+
+    yield make
+    for item in made:
+        await item.close()
+
+
+async def test_every_task_resolves_to_a_key_whose_task_id_landed_exactly_once(
+    gateway: RunningGateway, topology: Topology, publishing: Any
+) -> None:
+    """300 typed and generic tasks: every future gives a key, each key's task id is one message."""
+    publisher = publishing(gateway.address, max_batch=50)
+
+    futures = []
+    for index in range(150):
+        futures.append(await publisher.submit(generate_request(f"image-{index}")))
+        futures.append(
+            await publisher.publish(
+                "images.generate", "12345", {"model": "m", "prompt": "p", "image_name": f"g{index}"}
+            )
+        )
+    task_keys = await asyncio.gather(*futures)
+
+    landed = Counter(task_ids(await topology.drain("images.queue")))
+    assert len(set(task_keys)) == 300
+    assert landed == Counter(task_id(key) for key in task_keys)
+
+
+async def test_tasks_of_a_batch_whose_answer_was_lost_are_retried_with_their_keys(
+    gateway: RunningGateway, topology: Topology, publishing: Any, dropping_proxy: Any
+) -> None:
+    """When a batch's answer is lost, its tasks go again with their keys: same task ids."""
+    proxy = await dropping_proxy(gateway.address, drops=1)
+    publisher = publishing(proxy.address, max_batch=10, max_latency=60)
+
+    futures = [await publisher.submit(generate_request(f"image-{i}")) for i in range(10)]
+    task_keys = await asyncio.gather(*futures)
+
+    landed = Counter(task_ids(await topology.drain("images.queue")))
+    assert proxy.forwarded == ["/taskgateway.v1.TaskGatewayService/PublishBatch"] * 2
+    assert landed == {task_id(key): 2 for key in task_keys}
+
+
+async def test_an_invalid_task_fails_alone(
+    gateway: RunningGateway, topology: Topology, publishing: Any
+) -> None:
+    """A bad task of a batch raises InvalidTask naming its field; the others are published."""
+    publisher = publishing(gateway.address, max_batch=3, max_latency=60)
+    invalid = generate_request()
+    invalid.payload.ClearField("image_name")
+
+    good = [await publisher.submit(generate_request(f"image-{i}")) for i in range(2)]
+    bad = await publisher.submit(invalid)
+    task_keys = await asyncio.gather(*good)
+    with pytest.raises(InvalidTask) as raised:
+        await bad
+
+    assert raised.value.violations == [FieldViolation("payload.image_name", "is required")]
+    assert task_ids(await topology.drain("images.queue")) == [task_id(k) for k in task_keys]
+
+
+async def test_close_waits_for_every_outstanding_task(
+    gateway: RunningGateway, topology: Topology, publishing: Any
+) -> None:
+    """Tasks still waiting for their batch are sent by close(), which returns once all settled."""
+    publisher = publishing(gateway.address, max_batch=1000, max_latency=60)
+    futures = [await publisher.submit(generate_request(f"image-{i}")) for i in range(20)]
+
+    await publisher.close()
+
+    assert all(future.done() for future in futures)
+    task_keys = [future.result() for future in futures]
+    assert sorted(task_ids(await topology.drain("images.queue"))) == sorted(
+        task_id(key) for key in task_keys
+    )
+
+
+def _batch_answer(call: Call) -> bytes:
+    """Every entry of a PublishBatch call accepted, its task key made of its idempotency key."""
+    request = gateway_pb2.PublishBatchRequest.FromString(call.request)
+    return gateway_pb2.PublishBatchResponse(
+        results=[
+            gateway_pb2.TaskResult(index=i, task_key=f"12345:image-generation:{_key(entry)}")
+            for i, entry in enumerate(request.entries)
+        ]
+    ).SerializeToString()
+
+
+def _key(entry: gateway_pb2.TaskEntry) -> str:
+    typed = images_pb2.GenerateRequest()
+    entry.typed.Unpack(typed)
+    return typed.idempotency_key
+
+
+def _keys(call: Call) -> list[str]:
+    return [_key(e) for e in gateway_pb2.PublishBatchRequest.FromString(call.request).entries]
+
+
+async def test_a_task_that_failed_in_a_batch_goes_again_alone_with_its_key(
+    fake_gateway: Any, publishing: Any
+) -> None:
+    """An entry answered UNAVAILABLE is sent again in a later batch with the same key."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        if len(fake.calls) > 1:
+            return _batch_answer(call)
+        first, _second = _keys(call)
+        return gateway_pb2.PublishBatchResponse(
+            results=[
+                gateway_pb2.TaskResult(index=0, task_key=f"12345:image-generation:{first}"),
+                gateway_pb2.TaskResult(
+                    index=1, error=status_pb2.Status(code=14, message="broker away")
+                ),
+            ]
+        ).SerializeToString()
+
+    fake = await fake_gateway(script)
+    publisher = publishing(fake.address, max_batch=2, max_latency=60)
+
+    futures = [await publisher.submit(generate_request(f"image-{i}")) for i in range(2)]
+    task_keys = await asyncio.gather(*futures)
+
+    first_call, second_call = fake.calls
+    assert _keys(second_call) == _keys(first_call)[1:]
+    assert [task_id(key) for key in task_keys] == _keys(first_call)
+
+
+@pytest.fixture
+async def held_gateway(fake_gateway: Any) -> Any:
+    """A fake gateway that answers PublishBatch calls only once `release` is set."""
+    release = asyncio.Event()
+    received = asyncio.Event()
+
+    async def script(call: Call, context: Context) -> bytes:
+        received.set()
+        await release.wait()
+        return _batch_answer(call)
+
+    fake = await fake_gateway(script)
+    fake.release, fake.received = release, received
+    return fake
+
+
+async def test_a_full_publisher_made_to_raise_refuses_the_next_task(
+    held_gateway: Any, publishing: Any
+) -> None:
+    """With max_outstanding tasks unanswered, submit raises PublisherFull; later it has room."""
+    publisher = publishing(
+        held_gateway.address, max_outstanding=2, when_full="raise", max_latency=0
+    )
+    held = [await publisher.submit(generate_request(f"image-{i}")) for i in range(2)]
+
+    with pytest.raises(PublisherFull) as raised:
+        await publisher.submit(generate_request("one-too-many"))
+    held_gateway.release.set()
+    await asyncio.gather(*held)
+    after = await publisher.submit(generate_request("with-room-again"))
+
+    assert raised.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_outstanding=2" in raised.value.message
+    assert (await after).startswith("12345:image-generation:")
+    sent = [key for call in held_gateway.calls for key in _keys(call)]
+    assert len(sent) == 3  # the refused task was never sent
+
+
+async def test_a_full_publisher_blocks_until_a_task_settles(
+    held_gateway: Any, publishing: Any
+) -> None:
+    """With max_outstanding tasks unanswered, submit waits; the third task is sent only after."""
+    publisher = publishing(held_gateway.address, max_outstanding=2, max_latency=0)
+    held = [await publisher.submit(generate_request(f"image-{i}")) for i in range(2)]
+    await held_gateway.received.wait()
+
+    third = await publisher.submit_in_background(generate_request("third"))
+    done, _ = await asyncio.wait([third], timeout=0.2)
+    assert not done, "submit returned while the publisher was full"
+    calls_while_full = len(held_gateway.calls)
+    held_gateway.release.set()
+    task_keys = await asyncio.gather(*held, await third)
+
+    assert len(task_keys) == 3
+    first_keys = [key for call in held_gateway.calls[:calls_while_full] for key in _keys(call)]
+    assert len(first_keys) == 2
+    assert task_id(task_keys[2]) not in first_keys
+
+
+def test_publisher_settings_that_cannot_work_are_refused_naming_the_setting() -> None:
+    """A batch of no task or an unknown when_full is a ValueError naming the knob."""
+    with TaskGatewayClient("127.0.0.1:1") as client:
+        with pytest.raises(ValueError, match="max_batch must be at least 1"):
+            client.publisher(max_batch=0)
+        with pytest.raises(ValueError, match="when_full must be 'block' or 'raise'"):
+            client.publisher(when_full="drop")
+
+
+async def test_a_consumer_of_the_batch_sees_the_same_body_as_a_unary_call(
+    gateway: RunningGateway, topology: Topology, publishing: Any
+) -> None:
+    """A task sent through the publisher lands with the body a unary submit would give it."""
+    publisher = publishing(gateway.address)
+    request = generate_request("same", idempotency_key="k-1")
+
+    batched = await (await publisher.submit(request))
+    async with AsyncTaskGatewayClient(gateway.address) as client:
+        unary = await client.submit(request)
+
+    first, second = await topology.drain("images.queue")
+    assert batched == unary
+    assert json.loads(first.body) == json.loads(second.body)
