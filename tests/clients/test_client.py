@@ -24,8 +24,8 @@ from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from tests.clients.conftest import generate_request, task_id, task_ids
 from tests.conftest import RunningGateway
-from tests.integration.conftest import Topology
-from tests.service.gateway_process import free_port
+from tests.support.ports import free_port
+from tests.support.rabbitmq import Topology
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=3)
 

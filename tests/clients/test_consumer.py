@@ -25,7 +25,7 @@ from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 
 from tests.clients.conftest import generate_request, task_id
 from tests.conftest import RunningGateway
-from tests.integration.conftest import Topology
+from tests.support.rabbitmq import Topology
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 WORK, DEAD = "clients.work", "clients.dead"

@@ -17,7 +17,7 @@ from task_gateway_client import AsyncTaskGatewayClient
 
 from tests.clients.conftest import generate_request, task_id, task_ids
 from tests.conftest import ROOT, RunningGateway
-from tests.integration.conftest import Topology
+from tests.support.rabbitmq import Topology
 
 EXAMPLES = ROOT / "clients" / "python" / "examples"
 README = ROOT / "clients" / "README.md"

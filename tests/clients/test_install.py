@@ -17,7 +17,7 @@ import pytest
 
 from tests.clients.conftest import task_id, task_ids
 from tests.conftest import ROOT, RunningGateway
-from tests.integration.conftest import Topology
+from tests.support.rabbitmq import Topology
 
 CLIENT = ROOT / "clients" / "python"
 SERVER_ONLY = {"aio-pika", "aiormq", "aiohttp", "structlog", "swagger-ui-py"}

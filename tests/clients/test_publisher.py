@@ -26,7 +26,7 @@ from taskgateway_api.taskgateway.v1 import gateway_pb2
 from tests.clients.conftest import generate_request, task_id, task_ids
 from tests.clients.servers import Call, Context
 from tests.conftest import RunningGateway
-from tests.integration.conftest import Topology
+from tests.support.rabbitmq import Topology
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
 
