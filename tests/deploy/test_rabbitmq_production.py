@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -39,18 +40,25 @@ pytestmark = pytest.mark.rabbitmq
 
 RABBITMQ = ROOT / "deploy" / "rabbitmq"
 PRODUCTION = json.loads((RABBITMQ / "definitions.production.json").read_text())
-TASK_EXCHANGES = ("images.tasks", "videos.tasks")
+
+
+def _run(command: list[str], stdin: str | None = None, **env: str) -> str:
+    """Run a command; its output, or an error that carries what it printed."""
+    done = subprocess.run(
+        command,
+        input=stdin,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} exited {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def _rabbitmqctl(*args: str, stdin: str | None = None) -> str:
-    return subprocess.run(
-        ["rabbitmqctl", "-q", *args],
-        input=stdin,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
+    return _run(["rabbitmqctl", "-q", *args], stdin)
 
 
 def in_vhost(definitions: dict[str, Any], vhost: str) -> dict[str, Any]:
@@ -80,9 +88,10 @@ def _url(user: str, password: str, vhost: str) -> str:
 
 @pytest.fixture(scope="module")
 def production() -> Iterator[Production]:
+    """A vhost loaded from definitions.production.json, with a gateway and a consumer user."""
     try:
         _rabbitmqctl("status")
-    except (subprocess.SubprocessError, OSError) as exc:
+    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
         _unavailable(f"rabbitmqctl cannot reach the node: {exc}")
     suffix = uuid.uuid4().hex[:8]
     vhost = f"task-gateway-deploy-{suffix}"
@@ -95,14 +104,10 @@ def production() -> Iterator[Production]:
         # On standard input: the CLI may run as the rabbitmq user, who cannot read pytest's tmp.
         _rabbitmqctl("import_definitions", stdin=json.dumps(in_vhost(PRODUCTION, vhost)))
         for role, user in users.items():
-            subprocess.run(
+            _run(
                 ["sh", str(RABBITMQ / "users.sh"), role, user],
-                input=passwords[role],
-                env=os.environ | {"RABBITMQ_VHOST": vhost},
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=120,
+                passwords[role],
+                RABBITMQ_VHOST=vhost,
             )
         yield Production(
             vhost=vhost,
