@@ -23,7 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 
 from tests.deploy.dockerfile import ROOT, Image, runtime_stage
-from tests.service.gateway_process import free_port, read_until
+from tests.support.gateway_process import read_until
+from tests.support.ports import free_port
 
 INSTALL_SCRIPT = ROOT / "deploy" / "install-wheels.sh"
 IMAGE = runtime_stage()

@@ -32,9 +32,9 @@ from aio_pika.abc import (
 )
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 
-from tests.conftest import GatewayFactory, make_settings
+from tests.conftest import GatewayFactory, make_settings, unavailable
 from tests.deploy.dockerfile import ROOT
-from tests.integration.conftest import BASE_URL, _unavailable, wait_connected
+from tests.integration.conftest import BASE_URL, wait_connected
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -92,7 +92,7 @@ def production() -> Iterator[Production]:
     try:
         _rabbitmqctl("status")
     except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-        _unavailable(f"rabbitmqctl cannot reach the node: {exc}")
+        unavailable("RabbitMQ tests", f"rabbitmqctl cannot reach the node: {exc}")
     suffix = uuid.uuid4().hex[:8]
     vhost = f"task-gateway-deploy-{suffix}"
     users = {"gateway": f"task-gateway-test-{suffix}", "images": f"image-generation-test-{suffix}"}
