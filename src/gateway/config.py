@@ -52,6 +52,16 @@ class GrpcSettings:
     # Entries of one PublishBatch; a larger batch is refused (INVALID_ARGUMENT / 400) before
     # anything is published. It bounds the work, and the answer's size, of one call.
     max_batch_entries: int = 1000
+    # Calls one worker handles at once (streams included); past it grpc answers
+    # RESOURCE_EXHAUSTED at once.
+    max_concurrent_rpcs: int = 1000
+    # Calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_concurrent_streams: int = 100
+    # A client connection is asked to go away (GOAWAY) after this long, so that long-lived
+    # channels reconnect and spread again over the workers sharing the port; calls under way
+    # get the grace to finish.
+    max_connection_age_seconds: float = 300.0
+    max_connection_age_grace_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,11 @@ class HttpSettings:
     """The HTTP (REST) server; `[server]` in the file, as the legacy service called it."""
 
     address: str = "0.0.0.0:10010"
+    # Client connections one worker keeps open; past it a new connection is answered 503 and
+    # closed.
+    max_connections: int = 1000
+    # An idle keep-alive connection is closed after this long.
+    keepalive_timeout_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -271,6 +286,11 @@ def _check(settings: Settings) -> None:
         "grpc.max_request_bytes": settings.grpc.max_request_bytes,
         "grpc.stream_window": settings.grpc.stream_window,
         "grpc.max_batch_entries": settings.grpc.max_batch_entries,
+        "grpc.max_concurrent_rpcs": settings.grpc.max_concurrent_rpcs,
+        "grpc.max_concurrent_streams": settings.grpc.max_concurrent_streams,
+        "grpc.max_connection_age_seconds": settings.grpc.max_connection_age_seconds,
+        "server.max_connections": settings.server.max_connections,
+        "server.keepalive_timeout_seconds": settings.server.keepalive_timeout_seconds,
         "broker.heartbeat_seconds": settings.broker.heartbeat_seconds,
         "broker.connect_timeout_seconds": settings.broker.connect_timeout_seconds,
         "broker.reconnect_max_backoff_seconds": settings.broker.reconnect_max_backoff_seconds,
@@ -285,6 +305,10 @@ def _check(settings: Settings) -> None:
     for key, seconds in (
         ("grpc.shutdown_grace_seconds", settings.grpc.shutdown_grace_seconds),
         ("broker.missing_exchange_seconds", settings.broker.missing_exchange_seconds),
+        (
+            "grpc.max_connection_age_grace_seconds",
+            settings.grpc.max_connection_age_grace_seconds,
+        ),
     ):
         if not seconds >= 0:  # also refuses NaN
             raise ConfigError(f"{key}: must not be negative, got {seconds}")

@@ -294,3 +294,28 @@ async def test_a_long_request_id_is_logged_cut_short(
         "http request rejected",
     ]
     assert {request_id for _, request_id in logged} == {"r" * 128}
+
+
+# --- 10. a start-up that fails leaves nothing running ---------------------------------------
+
+
+async def test_a_failed_start_stops_what_had_started() -> None:
+    """With the HTTP port taken, start() fails and the gRPC port and the broker are released."""
+    from gateway.app.server import Gateway
+    from gateway.errors import ConfigError
+    from tests.support.ports import accepts
+
+    taken = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    http_port = taken.sockets[0].getsockname()[1]
+    broker = memory_broker()
+    settings = replace_settings(make_settings(), "server", address=f"127.0.0.1:{http_port}")
+    gateway = Gateway(settings, broker)
+    try:
+        with pytest.raises(ConfigError, match=r"server\.address"):
+            await gateway.start()
+
+        assert gateway.grpc_port is not None
+        assert not accepts(gateway.grpc_port, "127.0.0.1", timeout=1)
+        assert not broker.connected
+    finally:
+        taken.close()

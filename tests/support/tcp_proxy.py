@@ -32,9 +32,15 @@ class TcpProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
         self._server: asyncio.Server | None = None
-        self.links: list[_Link] = []  # every connection accepted, in order
+        self.links: list[_Link] = []  # every connection forwarded, in order
         self.refusing = False
         self.port = 0
+        # Connections (by the order they arrived, from 0) held before reaching the target
+        # until `release()`: a peer that is slow to answer one particular client.
+        self.hold: set[int] = set()
+        self.arrived = 0
+        self._released = asyncio.Event()
+        self._arrival = asyncio.Condition()
 
     async def __aenter__(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -56,6 +62,15 @@ class TcpProxy:
         """How many connections were forwarded so far."""
         return len(self.links)
 
+    def release(self) -> None:
+        """Let the held connections through."""
+        self._released.set()
+
+    async def until_arrived(self, count: int) -> None:
+        """Until `count` connections have arrived (held ones included)."""
+        async with self._arrival:
+            await self._arrival.wait_for(lambda: self.arrived >= count)
+
     def cut(self, index: int) -> None:
         """Reset the `index`-th connection (0: the first accepted) on both sides."""
         self.links[index].cut()
@@ -64,6 +79,12 @@ class TcpProxy:
         if self.refusing:
             writer.transport.abort()
             return
+        index = self.arrived
+        async with self._arrival:
+            self.arrived += 1
+            self._arrival.notify_all()
+        if index in self.hold:
+            await self._released.wait()
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         except OSError:

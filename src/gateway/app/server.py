@@ -17,7 +17,7 @@ import structlog
 from gateway import __version__
 from gateway.app.health import Health
 from gateway.app.log import configure_logging_for
-from gateway.app.workers import Siblings
+from gateway.app.workers import Siblings, WorkerStates
 from gateway.broker import Broker
 from gateway.broker.memory import Definitions, MemoryBroker
 from gateway.broker.rabbit import RabbitBroker
@@ -73,8 +73,16 @@ class Gateway:
     """One gateway process: its broker, its gRPC server, its REST shim and their lifecycle."""
 
     def __init__(
-        self, settings: Settings, broker: Broker | None = None, *, reuse_port: bool = False
+        self,
+        settings: Settings,
+        broker: Broker | None = None,
+        *,
+        reuse_port: bool = False,
+        workers: WorkerStates | None = None,
+        worker_index: int = 0,
     ) -> None:
+        """`workers`: the states shared by the workers of this gateway, this one's at
+        `worker_index` (gateway.app.workers); None for a gateway of one process."""
         self.settings = settings
         self.routes = build_route_table(CONTRACT_FILES, settings.routes)
         self.broker = broker if broker is not None else make_broker(settings)
@@ -93,7 +101,7 @@ class Gateway:
             max_batch_entries=settings.grpc.max_batch_entries,
             middlewares=middlewares(settings),
         )
-        self.health = Health(self.broker, self.routes)
+        self.health = Health(self.broker, self.routes, workers=workers, worker_index=worker_index)
         self.grpc = GrpcServer(self.methods, settings.grpc, reuse_port=reuse_port)
         rules = http_rules(CONTRACT_FILES)
         self.http = HttpShim(
@@ -119,15 +127,25 @@ class Gateway:
         self.http_port: int | None = None
 
     async def start(self) -> None:
-        """Start the broker connection and listen; does not wait for the broker to be reachable."""
+        """Start the broker connection and listen; does not wait for the broker to be reachable.
+
+        If a listener cannot start, what did start is stopped before the error goes on.
+        """
         self.health.watch(self.grpc.set_serving)
-        await self.broker.start()
-        self.grpc_port = await self.grpc.start()
-        self.http_port = await self.http.start(
-            self.settings.server.address,
-            reuse_port=self._reuse_port,
-            answer_grace=_ANSWER_GRACE_SECONDS,
-        )
+        try:
+            self.health.start()
+            await self.broker.start()
+            self.grpc_port = await self.grpc.start()
+            self.http_port = await self.http.start(
+                self.settings.server.address,
+                reuse_port=self._reuse_port,
+                answer_grace=_ANSWER_GRACE_SECONDS,
+                max_connections=self.settings.server.max_connections,
+                keepalive_timeout=self.settings.server.keepalive_timeout_seconds,
+            )
+        except BaseException:
+            await self._release(answer_grace=0)
+            raise
         log.info(
             "task gateway listening",
             grpc=f"{self.settings.grpc.address.rpartition(':')[0]}:{self.grpc_port}",
@@ -161,11 +179,14 @@ class Gateway:
         if unfinished:
             log.warning("publishes still unconfirmed at shutdown", count=unfinished)
         # Then stop listening, leaving the settled calls a moment to send their answers.
-        answer_grace = min(_ANSWER_GRACE_SECONDS, max(0.0, deadline - loop.time()))
+        await self._release(min(_ANSWER_GRACE_SECONDS, max(0.0, deadline - loop.time())))
+        log.info("task gateway stopped")
+
+    async def _release(self, answer_grace: float) -> None:
+        """Stop listening (calls get `answer_grace` to answer), disconnect, stop following."""
         await asyncio.gather(self.grpc.stop(answer_grace), self.http.stop())
         await self.broker.close()
-        await self.health.settled()
-        log.info("task gateway stopped")
+        await self.health.stop()
 
     async def serve(self, siblings: Siblings | None = None) -> bool:
         """Run until SIGTERM or SIGINT, then shut down gracefully.
@@ -207,10 +228,15 @@ def middlewares(settings: Settings) -> list[Middleware]:
 
 
 def serve(
-    settings: Settings, *, reuse_port: bool = False, siblings: Siblings | None = None
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    siblings: Siblings | None = None,
+    workers: WorkerStates | None = None,
+    worker_index: int = 0,
 ) -> bool:
     """Run one gateway in this process until SIGTERM or SIGINT (on uvloop where there is one)."""
-    gateway = Gateway(settings, reuse_port=reuse_port)
+    gateway = Gateway(settings, reuse_port=reuse_port, workers=workers, worker_index=worker_index)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
@@ -219,11 +245,17 @@ def serve(
 
 
 def serve_main(
-    settings: Settings, *, reuse_port: bool = False, siblings: Siblings | None = None
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    siblings: Siblings | None = None,
+    workers: WorkerStates | None = None,
+    worker_index: int = 0,
 ) -> int:
     """`python -m gateway`, or one of its workers (`reuse_port`); the exit code.
 
     `siblings`: the workers this one forked (gateway.app.workers), to watch and stop with it.
+    `workers`: the states all the workers share, this one's at `worker_index`.
     """
     configure_logging_for(settings)
     if not settings.broker_urls:
@@ -234,7 +266,13 @@ def serve_main(
             definitions=settings.broker.definitions,
         )
     try:
-        ok = serve(settings, reuse_port=reuse_port, siblings=siblings)
+        ok = serve(
+            settings,
+            reuse_port=reuse_port,
+            siblings=siblings,
+            workers=workers,
+            worker_index=worker_index,
+        )
     except ConfigError as exc:
         print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
         return 2

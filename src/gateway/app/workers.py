@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import mmap
 import os
 import signal
 import sys
@@ -27,12 +28,31 @@ import structlog
 
 from gateway.config import Settings
 
-__all__ = ["Siblings", "default_workers", "run_workers"]
+__all__ = ["Siblings", "WorkerStates", "default_workers", "run_workers"]
 
 log = structlog.get_logger(logger_name="gateway.workers")
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class WorkerStates:
+    """One byte per worker of this gateway, shared across fork: 1 while its broker is connected.
+
+    Made before the workers are forked (an anonymous shared mapping, which every child
+    inherits); a single worker makes its own.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._bytes = mmap.mmap(-1, count)  # MAP_SHARED | MAP_ANONYMOUS: one page for all
+
+    def set(self, index: int, connected: bool) -> None:
+        self._bytes[index] = int(connected)
+
+    def disconnected(self) -> list[int]:
+        """The workers (numbered from 1) whose broker is not connected."""
+        return [index + 1 for index in range(self.count) if not self._bytes[index]]
 
 
 def default_workers() -> int:
@@ -43,18 +63,21 @@ def default_workers() -> int:
 def run_workers(settings: Settings, count: int) -> int:
     """Serve in this process and in `count - 1` forked ones; return the exit code."""
     parent = os.getpid()
+    states = WorkerStates(count)  # before the forks: every worker shares it
     pids = []
-    for _ in range(count - 1):
+    for index in range(1, count):
         # Signals wait until the child has its own handlers (they are the parent's until then).
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         pid = os.fork()
         if pid == 0:
-            os._exit(_forked_worker(settings, parent))
+            os._exit(_forked_worker(settings, parent, states, index))
         pids.append(pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     from gateway.app.server import serve_main
 
-    return serve_main(settings, reuse_port=True, siblings=Siblings(pids))
+    return serve_main(
+        settings, reuse_port=True, siblings=Siblings(pids), workers=states, worker_index=0
+    )
 
 
 class Siblings:
@@ -105,7 +128,7 @@ class Siblings:
             on_failure()
 
 
-def _forked_worker(settings: Settings, parent: int) -> int:
+def _forked_worker(settings: Settings, parent: int, states: WorkerStates, index: int) -> int:
     """A forked worker, to its exit code; it loads the server itself, after the fork."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -118,7 +141,7 @@ def _forked_worker(settings: Settings, parent: int) -> int:
     try:
         from gateway.app.server import serve_main
 
-        code = serve_main(settings, reuse_port=True)
+        code = serve_main(settings, reuse_port=True, workers=states, worker_index=index)
     except KeyboardInterrupt:
         code = 0
     except BaseException:  # os._exit skips the interpreter's own report

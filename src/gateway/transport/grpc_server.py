@@ -34,11 +34,19 @@ class GrpcServer:
     async def start(self) -> int:
         """Listen on `grpc.address`; the port (the one the system chose for port 0)."""
         # Made here, not in __init__: a grpc.aio server belongs to the loop it was made in.
+        settings = self._settings
         self._server = server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", self._settings.max_request_bytes),
+                ("grpc.max_receive_message_length", settings.max_request_bytes),
                 ("grpc.so_reuseport", int(self._reuse_port)),
-            ]
+                ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+                ("grpc.max_connection_age_ms", _ms(settings.max_connection_age_seconds)),
+                (
+                    "grpc.max_connection_age_grace_ms",
+                    _ms(settings.max_connection_age_grace_seconds),
+                ),
+            ],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         server.add_generic_rpc_handlers(generic_handlers(self._methods))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -68,3 +76,7 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         if self._server is not None:
             await self._server.stop(grace)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

@@ -66,6 +66,22 @@ _METADATA_PREFIX = "grpc-metadata-"
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
+# What aiohttp reads before a handler runs: a request or header line, and headers.
+_MAX_LINE_BYTES = 8190
+_MAX_HEADERS = 128
+_TOO_MANY_CONNECTIONS_BODY = json.dumps(
+    {
+        "code": 14,
+        "message": "this gateway worker has too many open connections (server.max_connections); "
+        "retry on a new connection",
+        "details": [],
+    }
+).encode()
+_TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(_TOO_MANY_CONNECTIONS_BODY)
+) + _TOO_MANY_CONNECTIONS_BODY
+
 # Bodies larger than this are parsed in a thread, so that the event loop goes on serving.
 _LARGE_BODY_BYTES = 64 * 1024
 
@@ -109,28 +125,58 @@ class HttpShim:
         self._readiness = readiness
         self._max_request_bytes = max_request_bytes
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
 
-    async def start(self, address: str, *, reuse_port: bool, answer_grace: float) -> int:
+    async def start(
+        self,
+        address: str,
+        *,
+        reuse_port: bool,
+        answer_grace: float,
+        max_connections: int,
+        keepalive_timeout: float,
+    ) -> int:
         """Listen on `address` (host:port); the port (the one the system chose for port 0).
 
-        On stop, handlers still running get `answer_grace` seconds to write their answers.
+        At most `max_connections` client connections at once: one more is answered 503 and
+        closed. On stop, handlers still running get `answer_grace` seconds to answer.
         """
         host, _, port = address.rpartition(":")
         self._runner = web.AppRunner(
             self.application(),
             access_log=None,  # every request is logged once, by the gateway itself
             shutdown_timeout=answer_grace,
+            keepalive_timeout=keepalive_timeout,
+            # aiohttp's own bounds on what it parses before a handler runs, stated here.
+            max_line_size=_MAX_LINE_BYTES,
+            max_field_size=_MAX_LINE_BYTES,
+            max_headers=_MAX_HEADERS,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_port=reuse_port or None)
+        server = self._runner.server
+        assert server is not None  # set up just above
+
+        def connection() -> asyncio.BaseProtocol:
+            if len(server.connections) >= max_connections:
+                return _TooManyConnections()
+            return server()
+
         try:
-            await site.start()
+            self._listener = await asyncio.get_running_loop().create_server(
+                connection,
+                host.strip("[]") or None,
+                int(port),
+                reuse_address=True,
+                reuse_port=reuse_port or None,
+            )
         except OSError as exc:
             reason = exc.strerror
             raise ConfigError(f"server.address: cannot listen on {address}: {reason}") from exc
-        return int(self._runner.addresses[0][1])
+        return int(self._listener.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()  # no new connections; those open get the answer grace
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -258,6 +304,15 @@ class HttpShim:
         if len(raw) > _LARGE_BODY_BYTES:
             return await asyncio.to_thread(_parse_json, raw), len(raw)  # tens of ms for 1 MB
         return _parse_json(raw), len(raw)
+
+
+class _TooManyConnections(asyncio.Protocol):
+    """A connection over server.max_connections: answered 503 at once and closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_TOO_MANY_CONNECTIONS)
+        transport.close()
 
 
 class _HttpError(GatewayError):
