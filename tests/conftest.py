@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Callable
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
 import pytest
+from yarl import URL
 
 from gateway.app.server import Gateway
 from gateway.broker import Broker
 from gateway.config import BrokerSettings, GrpcSettings, HttpSettings, Settings
 from tests.support import DEFINITIONS, ROOT
+from tests.support.ports import accepts
+from tests.support.rabbitmq import Topology, Vhost, topology_at
 
 __all__ = [
+    "BASE_URL",
     "DEFINITIONS",
     "ROOT",
+    "Topology",
     "make_settings",
     "replace_settings",
     "start_gateway",
     "unavailable",
+    "wait_connected",
 ]
 
 
@@ -97,3 +105,40 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
     for item in reversed(running):
         await item.channel.close()
         await item.gateway.stop(grace=1.0)
+
+
+# --- RabbitMQ: the shared broker, in a vhost of this session's ---------------------------
+
+BASE_URL = URL(os.environ.get("TASK_GATEWAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """The AMQP URL of a fresh vhost on the test RabbitMQ, deleted after the session."""
+    if not accepts(BASE_URL.port or 5672, BASE_URL.host or "127.0.0.1", timeout=2):
+        unavailable(
+            "RabbitMQ tests", f"nothing accepts connections at {BASE_URL.with_password(None)}"
+        )
+    vhost = Vhost(str(BASE_URL))
+    try:
+        vhost.create()
+    except (subprocess.SubprocessError, OSError) as exc:
+        unavailable("RabbitMQ tests", f"rabbitmqctl could not create vhost {vhost.name}: {exc}")
+    yield vhost.url
+    vhost.delete()
+
+
+@pytest.fixture
+async def topology(rabbitmq_url: str) -> AsyncIterator[Topology]:
+    """The definitions' topology, declared afresh with empty queues for each test."""
+    async with topology_at(rabbitmq_url) as topology:
+        await topology.declare()
+        yield topology
+
+
+async def wait_connected(gateway: Any, timeout: float = 10.0) -> None:
+    """Wait until the gateway's broker reports connected (an event, not a sleep loop)."""
+    connected = asyncio.Event()
+    gateway.broker.add_state_listener(lambda up: connected.set() if up else connected.clear())
+    async with asyncio.timeout(timeout):
+        await connected.wait()

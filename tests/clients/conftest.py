@@ -12,10 +12,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from taskgateway_api.images.v1 import images_pb2
 
 from tests.clients.servers import DroppingProxy, FakeGateway, Script
-from tests.conftest import RunningGateway, make_settings
-from tests.integration.conftest import Topology, rabbitmq_url, topology, wait_connected
-
-__all__ = ["rabbitmq_url", "topology"]  # the integration suite's fixtures, used here too
+from tests.conftest import RunningGateway, Topology, make_settings, wait_connected
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 
 from tests.conftest import GatewayFactory, make_settings, unavailable
 from tests.deploy.dockerfile import ROOT
-from tests.integration.conftest import BASE_URL, wait_connected
+from tests.conftest import BASE_URL, wait_connected
 
 pytestmark = pytest.mark.rabbitmq
 

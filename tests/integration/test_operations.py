@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from yarl import URL
 
 from tests.conftest import make_settings
-from tests.integration.conftest import Topology, wait_connected
+from tests.conftest import Topology, wait_connected
 from tests.integration.test_publish import LEGACY_EXAMPLE
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

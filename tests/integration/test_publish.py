@@ -19,7 +19,7 @@ from taskgateway_api.videos.v1 import videos_pb2, videos_pb2_grpc
 
 from gateway.config import RouteSettings
 from tests.conftest import make_settings, replace_settings
-from tests.integration.conftest import Topology, wait_connected
+from tests.conftest import Topology, wait_connected
 
 LEGACY_EXAMPLE = {
     "user_id": "12345",

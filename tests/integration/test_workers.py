@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.integration.conftest import Topology
+from tests.conftest import Topology
 from tests.integration.test_publish import LEGACY_EXAMPLE
 from tests.support.gateway_process import read_until, start_gateway_process
 from tests.support.ports import free_port

@@ -14,7 +14,7 @@ from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from gateway.contracts.comments import Comments
 from gateway.contracts.files import CONTRACT_FILES
-from gateway.contracts.schema import component_schemas, message_schema
+from gateway.contracts.schema import COMPONENTS_REF_PREFIX, SchemaBuilder, message_schema
 from tests.unit.protos import compile_proto
 
 LEGACY_EXAMPLE = {
@@ -295,10 +295,17 @@ def test_required_optional_scalar_may_be_zero(node: Descriptor) -> None:
     assert not validator.is_valid({"labels": ["a"], "count": 1})
 
 
+def _components(descriptor: Descriptor, comments: Comments | None) -> dict[str, Any]:
+    """The OpenAPI components a message brings, as openapi_document builds them."""
+    builder = SchemaBuilder(COMPONENTS_REF_PREFIX, comments)
+    builder.define(descriptor)
+    return builder.definitions
+
+
 def test_component_schemas_pull_in_every_referenced_message(node: Descriptor) -> None:
     """Component schemas define each requested message and everything it refers to, once,
     with refs into #/components/schemas/."""
-    schemas = component_schemas([node], None)
+    schemas = _components(node, None)
 
     assert list(schemas) == ["sample.v1.Leaf", "sample.v1.Node"]
     assert schemas["sample.v1.Node"]["properties"]["children"]["items"] == {
@@ -314,7 +321,7 @@ def test_component_and_standalone_schemas_agree(comments: Comments) -> None:
     """A component schema is the standalone schema without $schema and with refs re-pointed."""
     descriptor = gateway_pb2.ListTaskTypesResponse.DESCRIPTOR
     standalone = message_schema(descriptor, comments)
-    components = component_schemas([descriptor], comments)
+    components = _components(descriptor, comments)
 
     repointed = json.loads(json.dumps(components).replace("#/components/schemas/", "#/$defs/"))
     assert {key: value for key, value in standalone.items() if key not in ("$schema", "$defs")} == (

@@ -49,11 +49,6 @@ def test_valid_user_id_has_no_violations(user_id: str) -> None:
     assert check_user_id(user_id) == []
 
 
-def test_user_id_violation_uses_the_given_field_name() -> None:
-    """The violation is named after the field the caller passes."""
-    assert fields_of(check_user_id("", field="tasks[2].user_id")) == ["tasks[2].user_id"]
-
-
 def test_idempotency_key_length_limit() -> None:
     """An idempotency key of up to 256 characters passes; 257 is a violation naming the length."""
     assert check_idempotency_key("") == []

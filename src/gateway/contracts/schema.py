@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from google.protobuf import descriptor_pb2
@@ -34,7 +33,6 @@ __all__ = [
     "COMPONENTS_REF_PREFIX",
     "JSON_SCHEMA_DIALECT",
     "SchemaBuilder",
-    "component_schemas",
     "message_schema",
 ]
 
@@ -202,16 +200,6 @@ def message_schema(
     if definitions := builder.definitions:
         schema["$defs"] = definitions
     return schema
-
-
-def component_schemas(
-    descriptors: Iterable[Descriptor | _UpbDescriptor], comments: Comments | None
-) -> dict[str, dict[str, Any]]:
-    """OpenAPI `components/schemas` of the messages and everything they refer to, by full name."""
-    builder = SchemaBuilder(COMPONENTS_REF_PREFIX, comments)
-    for descriptor in descriptors:
-        builder.define(cast(Descriptor, descriptor))
-    return builder.definitions
 
 
 def _special_schema(descriptor: Descriptor) -> dict[str, Any] | None:

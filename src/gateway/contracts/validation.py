@@ -59,25 +59,27 @@ def request_field_schemas(task_types: Iterable[str]) -> dict[str, dict[str, Any]
     }
 
 
-def check_user_id(user_id: str, field: str = "user_id") -> list[FieldViolation]:
+def check_user_id(user_id: str) -> list[FieldViolation]:
     """The first part of the task key: 1 to 128 characters, no ':' and no control characters."""
     if not user_id:
-        return [FieldViolation(field, "must not be empty")]
+        return [FieldViolation("user_id", "must not be empty")]
     if len(user_id) > MAX_USER_ID_LENGTH:
         return [
             FieldViolation(
-                field, f"must be at most {MAX_USER_ID_LENGTH} characters, got {len(user_id)}"
+                "user_id", f"must be at most {MAX_USER_ID_LENGTH} characters, got {len(user_id)}"
             )
         ]
     if ":" in user_id:
         return [
-            FieldViolation(field, "must not contain ':', which separates the parts of the task key")
+            FieldViolation(
+                "user_id", "must not contain ':', which separates the parts of the task key"
+            )
         ]
     for position, char in enumerate(user_id):
         if _is_control(char):
             return [
                 FieldViolation(
-                    field,
+                    "user_id",
                     "must not contain control characters "
                     f"(U+{ord(char):04X} at position {position})",
                 )
@@ -85,11 +87,11 @@ def check_user_id(user_id: str, field: str = "user_id") -> list[FieldViolation]:
     return []
 
 
-def check_idempotency_key(key: str, field: str = "idempotency_key") -> list[FieldViolation]:
+def check_idempotency_key(key: str) -> list[FieldViolation]:
     if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         return [
             FieldViolation(
-                field,
+                "idempotency_key",
                 f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters, got {len(key)}",
             )
         ]
