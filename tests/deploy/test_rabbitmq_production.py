@@ -32,9 +32,8 @@ from aio_pika.abc import (
 )
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 
-from tests.conftest import GatewayFactory, make_settings, unavailable
+from tests.conftest import BASE_URL, GatewayFactory, make_settings, unavailable, wait_connected
 from tests.deploy.dockerfile import ROOT
-from tests.conftest import BASE_URL, wait_connected
 
 pytestmark = pytest.mark.rabbitmq
 

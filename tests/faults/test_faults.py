@@ -17,11 +17,10 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import make_settings, replace_settings
+from tests.conftest import make_settings, replace_settings, wait_connected
 from tests.faults.accounting import Report, account, drain
 from tests.faults.conftest import SCENARIO_REPORTS
 from tests.faults.load import NOT_SERVING, SERVING, Answer, HealthWatch, LoadDriver
-from tests.conftest import wait_connected
 from tests.support.rabbit_node import RabbitNode
 from tests.support.rabbitmq import topology_at
 

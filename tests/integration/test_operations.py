@@ -16,8 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from yarl import URL
 
-from tests.conftest import make_settings
-from tests.conftest import Topology, wait_connected
+from tests.conftest import Topology, make_settings, wait_connected
 from tests.integration.test_publish import LEGACY_EXAMPLE
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -18,8 +18,7 @@ from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 from taskgateway_api.videos.v1 import videos_pb2, videos_pb2_grpc
 
 from gateway.config import RouteSettings
-from tests.conftest import make_settings, replace_settings
-from tests.conftest import Topology, wait_connected
+from tests.conftest import Topology, make_settings, replace_settings, wait_connected
 
 LEGACY_EXAMPLE = {
     "user_id": "12345",

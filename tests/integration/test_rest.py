@@ -13,8 +13,7 @@ from google.protobuf import json_format
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from tests.conftest import make_settings
-from tests.conftest import Topology, wait_connected
+from tests.conftest import Topology, make_settings, wait_connected
 from tests.integration.test_publish import LEGACY_EXAMPLE
 
 # The legacy README's example request, byte for byte.

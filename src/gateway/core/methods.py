@@ -30,7 +30,7 @@ from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
 __all__ = ["Methods", "struct_to_python"]
 
 # The longest a batch works through its entries before letting the event loop run others.
-_TIME_SLICE_SECONDS = 0.002
+_TIME_SLICE_SECONDS = 0.0005
 
 
 class Methods(Mapping[str, Method]):
