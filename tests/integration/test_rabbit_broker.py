@@ -209,3 +209,72 @@ async def test_aiormq_records_why_the_broker_closed_a_channel(rabbitmq_url: str)
         assert isinstance(_close_reason(underlay), aiormq.exceptions.ChannelNotFoundEntity)
     finally:
         await connection.close()
+
+
+# --- what the broker's metrics say ----------------------------------------------------------
+
+
+def _sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_outcomes_are_counted_ack_returned_and_nack(
+    broker_via_proxy: RabbitBroker, topology: Topology
+) -> None:
+    """An ack, a return (unroutable) and a nack (a full reject-publish queue) each count once."""
+    queue = await topology.channel.declare_queue(
+        "metrics.full", arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+    )
+    await queue.bind("images.tasks", "metrics.full")
+    try:
+        counts = {
+            outcome: _sample(
+                "task_gateway_broker_outcomes_total", exchange="images.tasks", outcome=outcome
+            )
+            for outcome in ("ack", "returned", "nack")
+        }
+        timed = _sample("task_gateway_publish_seconds_count", exchange="images.tasks")
+
+        await broker_via_proxy.publish(envelope())
+        for routing_key in ("nobody.bound", "metrics.full"):
+            with pytest.raises(GatewayError):
+                await broker_via_proxy.publish(envelope(routing_key=routing_key))
+
+        moved = {
+            outcome: _sample(
+                "task_gateway_broker_outcomes_total", exchange="images.tasks", outcome=outcome
+            )
+            - before
+            for outcome, before in counts.items()
+        }
+        assert moved == {"ack": 1, "returned": 1, "nack": 1}
+        assert _sample("task_gateway_publish_seconds_count", exchange="images.tasks") - timed == 3
+    finally:
+        await queue.delete(if_unused=False, if_empty=False)
+
+
+async def test_a_lost_connection_is_counted_and_shown(
+    broker_via_proxy: RabbitBroker, proxy: TcpProxy
+) -> None:
+    """Losing the broker sets broker_connected to 0; reconnecting counts one reconnect, then 1."""
+    broker = broker_via_proxy
+    reconnects = _sample("task_gateway_broker_reconnects_total")
+    states: list[bool] = []
+    back = asyncio.Event()
+    seen: list[float] = []
+
+    def follow(up: bool) -> None:
+        states.append(up)
+        seen.append(_sample("task_gateway_broker_connected"))
+        if up and False in states:
+            back.set()
+
+    broker.add_state_listener(follow)
+    proxy.cut(CONTROL)
+    async with asyncio.timeout(10):
+        await back.wait()
+
+    assert seen[-2:] == [0, 1]
+    assert _sample("task_gateway_broker_reconnects_total") - reconnects == 1

@@ -158,7 +158,7 @@ class Broken(Middleware):
 
 @pytest.fixture
 def broken(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway.app.server, "middlewares", lambda settings: [Broken()])
+    monkeypatch.setattr(gateway.app.server, "middlewares", lambda settings, tracer=None: [Broken()])
 
 
 @pytest.mark.usefixtures("broken")

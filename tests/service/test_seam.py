@@ -56,7 +56,11 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, CallContext]]:
     monkeypatch.setattr(
         gateway.app.server,
         "middlewares",
-        lambda settings: [*built_in(settings), Recorder("outer", calls), Recorder("inner", calls)],
+        lambda settings, tracer=None: [
+            *built_in(settings),
+            Recorder("outer", calls),
+            Recorder("inner", calls),
+        ],
     )
     return calls
 

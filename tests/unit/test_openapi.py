@@ -146,6 +146,7 @@ def test_every_route_is_an_operation_of_its_rpc(document: dict[str, Any]) -> Non
         ("POST", "/api/v1/videos/animate"): ("VideosService_Animate", ["videos.v1.VideosService"]),
         ("GET", "/healthz"): ("healthz", ["operations"]),
         ("GET", "/readyz"): ("readyz", ["operations"]),
+        ("GET", "/metrics"): ("metrics", ["operations"]),
     }
 
 
@@ -317,6 +318,7 @@ def test_operation_ids_stay_unique_for_bindings_and_namesakes() -> None:
         "OtherService_Run",
         "healthz",
         "readyz",
+        "metrics",
     ]
     validate(document)
 

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from gateway.app import metrics_dir
 from gateway.app.workers import default_workers, run_workers
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"task-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    metrics_dir.prepare()  # before the server (which loads prometheus_client) and the fork
     if workers == 1:
         # Imported here, not at the top: with several workers, run_workers forks them before
         # the server (grpc, aiohttp, aio-pika) is loaded.

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import Gauge
 
 from gateway import __version__
 from gateway.app.health import Health
 from gateway.app.log import configure_logging_for
+from gateway.app.tracing import start_tracing
 from gateway.app.workers import Siblings, WorkerStates
 from gateway.broker import Broker
 from gateway.broker.memory import Definitions, MemoryBroker
@@ -31,6 +33,7 @@ from gateway.contracts.routing import RouteTable, build_route_table
 from gateway.contracts.schema import message_schema
 from gateway.core.ingest import Ingestor
 from gateway.core.methods import Methods
+from gateway.core.metrics import TaskMetrics
 from gateway.core.middleware import LogContext, Middleware
 from gateway.errors import ConfigError
 from gateway.transport.grpc_server import GrpcServer
@@ -42,6 +45,13 @@ log = structlog.get_logger(logger_name="gateway.server")
 
 # Time left, once every publish has settled, for handlers to write their answers.
 _ANSWER_GRACE_SECONDS = 1.0
+
+BUILD_INFO = Gauge(
+    "task_gateway_build_info",
+    "Always 1; the version of the gateway in its label.",
+    ("version",),
+    multiprocess_mode="livemax",
+)
 
 
 def make_broker(settings: Settings) -> Broker:
@@ -81,18 +91,22 @@ class Gateway:
         reuse_port: bool = False,
         workers: WorkerStates | None = None,
         worker_index: int = 0,
+        tracer: Any = None,
     ) -> None:
         """`workers`: the states shared by the workers of this gateway, this one's at
-        `worker_index` (gateway.app.workers); None for a gateway of one process."""
+        `worker_index` (gateway.app.workers); None for a gateway of one process.
+        `tracer`: an OpenTelemetry tracer (gateway.app.tracing) when tracing is on."""
         self.settings = settings
         self.routes = build_route_table(CONTRACT_FILES, settings.routes)
         self.broker = broker if broker is not None else make_broker(settings)
+        chain = middlewares(settings, tracer)
         self.ingestor = Ingestor(
             self.routes,
             self.broker,
             app_id=settings.broker.app_id,
             publish_timeout=settings.broker.publish_timeout_seconds,
             max_in_flight=settings.broker.max_in_flight,
+            middlewares=chain,
         )
         comments = Comments.load()
         self.methods = Methods(
@@ -100,7 +114,7 @@ class Gateway:
             payload_schemas(self.routes, comments),
             window=settings.grpc.stream_window,
             max_batch_entries=settings.grpc.max_batch_entries,
-            middlewares=middlewares(settings),
+            middlewares=chain,
         )
         self.health = Health(self.broker, self.routes, workers=workers, worker_index=worker_index)
         self.grpc = GrpcServer(self.methods, settings.grpc, reuse_port=reuse_port)
@@ -133,6 +147,7 @@ class Gateway:
         If a listener cannot start, what did start is stopped before the error goes on.
         """
         self.health.watch(self.grpc.set_serving)
+        BUILD_INFO.labels(__version__).set(1)
         try:
             self.health.start()
             await self.broker.start()
@@ -227,9 +242,15 @@ class Gateway:
         return siblings is None or not siblings.failed
 
 
-def middlewares(settings: Settings) -> list[Middleware]:
-    """The middlewares every method goes through, the first outermost."""
-    return [LogContext()]
+def middlewares(settings: Settings, tracer: Any = None) -> list[Middleware]:
+    """The middlewares every method (and every task) goes through, the first outermost."""
+    chain: list[Middleware] = [LogContext()]
+    if tracer is not None:
+        from gateway.core.tracing import Tracing  # OpenTelemetry is an optional extra
+
+        chain.append(Tracing(tracer))
+    chain.append(TaskMetrics())
+    return chain
 
 
 def serve(
@@ -241,7 +262,22 @@ def serve(
     worker_index: int = 0,
 ) -> bool:
     """Run one gateway in this process until SIGTERM or SIGINT (on uvloop where there is one)."""
-    gateway = Gateway(settings, reuse_port=reuse_port, workers=workers, worker_index=worker_index)
+    tracing = start_tracing(__version__)  # here, in each worker: after the fork
+    gateway = Gateway(
+        settings,
+        reuse_port=reuse_port,
+        workers=workers,
+        worker_index=worker_index,
+        tracer=tracing[0] if tracing else None,
+    )
+    try:
+        return _run(gateway, siblings)
+    finally:
+        if tracing is not None:
+            tracing[1]()  # the spans still buffered go out
+
+
+def _run(gateway: Gateway, siblings: Siblings | None) -> bool:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows

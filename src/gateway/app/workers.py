@@ -115,6 +115,7 @@ class Siblings:
         os.close(fd)
         _, status = os.waitpid(pid, 0)
         index = self._running.pop(pid)
+        _forget_metrics_of(pid)
         if not self._running:
             self._all_exited.set()
         if not self._stopping:
@@ -150,3 +151,11 @@ def _forked_worker(settings: Settings, parent: int, states: WorkerStates, index:
         sys.stdout.flush()
         sys.stderr.flush()
     return code
+
+
+def _forget_metrics_of(pid: int) -> None:
+    """A dead worker's gauges leave the scrape (its counters stay, so they never go back)."""
+    from prometheus_client import multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from gateway.broker import metrics
+
 __all__ = ["Broker", "Envelope", "StateListener"]
 
 # Called with True when the broker becomes usable and False when it is lost.
@@ -56,6 +58,7 @@ class Broker(abc.ABC):
     def _set_connected(self, connected: bool) -> None:
         if connected != self._connected:
             self._connected = connected
+            metrics.CONNECTED.set(int(connected))
             for listener in self._listeners:
                 listener(connected)
 

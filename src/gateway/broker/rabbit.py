@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -35,6 +36,7 @@ import structlog
 from aio_pika.abc import AbstractConnection
 from yarl import URL
 
+from gateway.broker import metrics
 from gateway.broker.base import Broker, Envelope
 from gateway.errors import Code, GatewayError, exchange_not_found, unroutable
 
@@ -107,6 +109,7 @@ class RabbitBroker(Broker):
         self._connection_name = connection_name
         self._connection: AbstractConnection | None = None
         self._url = self._urls[0]  # the address the control connection reached
+        self._url_reached = False  # whether it ever connected: later connections are reconnects
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
         # Each exchange's lane, open or opening; it outlives the control connection.
@@ -175,6 +178,8 @@ class RabbitBroker(Broker):
             headers=dict(envelope.headers),
         )
         lane.publishing += 1
+        sent = time.perf_counter()
+        outcome = "lost"
         try:
             await lane.channel.basic_publish(
                 envelope.body,
@@ -187,9 +192,12 @@ class RabbitBroker(Broker):
                 # The confirm is awaited all the same.
                 wait=False,
             )
+            outcome = "ack"
         except aiormq.exceptions.PublishError:
+            outcome = "returned"
             raise unroutable(envelope.exchange, envelope.routing_key) from None
         except aiormq.exceptions.DeliveryError as exc:
+            outcome = "nack"
             # RabbitMQ nacks a message that one of the queues it routes to refused (a full
             # reject-publish queue, a quorum queue without a majority) and keeps it in the
             # others: whether a consumer will see it is unknown.
@@ -212,6 +220,8 @@ class RabbitBroker(Broker):
             ) from None
         finally:
             lane.publishing -= 1
+            metrics.PUBLISH_SECONDS.labels(envelope.exchange).observe(time.perf_counter() - sent)
+            metrics.OUTCOMES.labels(envelope.exchange, outcome).inc()
 
     def _exchange_gone(self, lane: _Lane, envelope: Envelope) -> GatewayError:
         """The error for a publish on a channel the broker closed for a missing exchange.
@@ -269,6 +279,7 @@ class RabbitBroker(Broker):
     async def _supervise(self) -> None:
         backoff = _FIRST_BACKOFF_SECONDS
         attempt = 0
+        connected_before = self._url_reached
         while not self._closing:
             url = self._urls[attempt % len(self._urls)]
             attempt += 1
@@ -295,9 +306,13 @@ class RabbitBroker(Broker):
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
             backoff = _FIRST_BACKOFF_SECONDS
+            if connected_before:
+                metrics.RECONNECTS.inc()
+            connected_before = True
             lost = asyncio.Event()
             connection.close_callbacks.add(lambda _sender, _exc, lost=lost: lost.set())
             self._url = url
+            self._url_reached = True
             self._connection = connection
             self._set_connected(True)
             log.info("connected to RabbitMQ", url=redact(url))

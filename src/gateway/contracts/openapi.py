@@ -364,4 +364,17 @@ def _probes() -> dict[str, dict[str, Any]]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "tags": [_OPERATIONS_TAG],
+                "summary": "Prometheus metrics of the whole gateway, every worker included.",
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
     }

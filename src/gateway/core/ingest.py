@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from google.protobuf import json_format
@@ -23,10 +23,16 @@ from gateway.contracts import validation
 from gateway.contracts.jsonmapping import parse_json_object
 from gateway.contracts.routing import Route, RouteTable
 from gateway.core import tasks
-from gateway.core.context import CallContext, TraceContext
+from gateway.core.context import CallContext
+from gateway.core.metrics import IN_FLIGHT
+from gateway.core.middleware import Middleware, Outcome
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
 
-__all__ = ["Accepted", "Ingestor", "Publication", "TaskRequest"]
+__all__ = ["UNKNOWN_TASK_TYPE", "Accepted", "Ingestor", "Publication", "TaskRequest"]
+
+# The task type of a task the gateway does not route, in metrics and the task hooks: never
+# the string a client sent.
+UNKNOWN_TASK_TYPE = "_unknown"
 
 log = structlog.get_logger(logger_name="gateway.ingest")
 
@@ -59,13 +65,13 @@ class Accepted:
 
 
 class Publication:
-    """One task from its arrival to its outcome, which is logged once.
+    """One task from its arrival to its outcome, which is logged (and told the middlewares) once.
 
     `confirm` is done when the broker confirmed the task or refused it; for a task that was
     never sent (invalid, over a limit) it is done from the start, with the error.
     """
 
-    __slots__ = ("_accepted", "_fields", "_started", "confirm")
+    __slots__ = ("_accepted", "_call", "_fields", "_hooks", "_started", "_task_type", "confirm")
 
     def __init__(
         self,
@@ -73,11 +79,16 @@ class Publication:
         accepted: Accepted | None,
         started: float,
         fields: dict[str, Any],
+        call: CallContext,
+        hooks: _TaskHooks,
     ) -> None:
         self.confirm = confirm
         self._accepted = accepted
         self._started = started
         self._fields = fields
+        self._call = call
+        self._hooks = hooks
+        self._task_type = accepted.route.task_type if accepted is not None else UNKNOWN_TASK_TYPE
 
     def settle(self, error: GatewayError | None = None) -> Accepted | GatewayError:
         """The outcome, logged: `error` when given (the caller stopped waiting), else the confirm's.
@@ -87,17 +98,20 @@ class Publication:
         if error is None:
             error = _confirm_error(self.confirm, self._fields)
         if error is None and self._accepted is not None:
-            _log_outcome(self._started, self._fields, Code.OK)
+            self._ended(Code.OK)
             return self._accepted
         assert error is not None
-        _log_outcome(self._started, self._fields, error.code, error=error.message)
+        self._ended(error.code, error=error.message)
         return error
 
     def cancelled(self) -> None:
         """Log that the client went away before the outcome was known (instead of settle)."""
-        _log_outcome(
-            self._started, self._fields, Code.CANCELLED, error="the client cancelled the call"
-        )
+        self._ended(Code.CANCELLED, error="the client cancelled the call")
+
+    def _ended(self, code: Code, **extra: Any) -> None:
+        _log_outcome(self._started, self._fields, code, **extra)
+        for settled in self._hooks.settled:
+            settled(self._call, self._task_type, code)
 
 
 class Ingestor:
@@ -109,9 +123,12 @@ class Ingestor:
         app_id: str,
         publish_timeout: float,
         max_in_flight: int,
+        middlewares: Sequence[Middleware] = (),
     ) -> None:
+        """`middlewares`: those whose task hooks (admit, publishing, settled) see every task."""
         self.routes = routes
         self.broker = broker
+        self._hooks = _TaskHooks(middlewares)
         self._app_id = app_id
         self._publish_timeout = publish_timeout
         self._max_in_flight = max_in_flight
@@ -168,8 +185,11 @@ class Ingestor:
                 raise GatewayError(
                     Code.UNAVAILABLE, "the gateway is shutting down; retry on another instance"
                 )
-            accepted, envelope = self._prepare(request, context.trace)
-            fields.update(task_key=accepted.task_key, exchange=envelope.exchange)
+            route, envelope, task_key = self._prepare(request, context)
+            accepted = Accepted(task_key, envelope.message_id, route)
+            fields.update(task_key=task_key, exchange=envelope.exchange)
+            for admit in self._hooks.admit:
+                admit(context, route)
             remaining = context.remaining()
             if remaining is not None and remaining < _LEAST_TIME_TO_CONFIRM:
                 raise GatewayError(
@@ -177,11 +197,11 @@ class Ingestor:
                     "the call's deadline passed before the task could be sent: nothing was "
                     "published; retry with a longer deadline",
                 )
-            confirm = self._start(accepted.task_id, envelope)
+            confirm = self._start(context, route, envelope)
         except Exception as exc:  # a GatewayError, or a bug that settle reports as one
             confirm = asyncio.get_running_loop().create_future()
             confirm.set_exception(exc)
-        return Publication(confirm, accepted, started, fields)
+        return Publication(confirm, accepted, started, fields, context, self._hooks)
 
     async def drain(self, timeout: float) -> int:
         """Wait up to `timeout` for the publishes in flight; return how many did not finish."""
@@ -191,9 +211,8 @@ class Ingestor:
         _, still_pending = await asyncio.wait(pending, timeout=timeout)
         return len(still_pending)
 
-    def _prepare(
-        self, request: TaskRequest, trace: TraceContext | None
-    ) -> tuple[Accepted, Envelope]:
+    def _prepare(self, request: TaskRequest, call: CallContext) -> tuple[Route, Envelope, str]:
+        """The task's route, its message, and its task key; INVALID_ARGUMENT for a bad task."""
         route = self.routes.resolve(request.task_type)
         violations = validation.check_user_id(request.user_id)
         violations += validation.check_idempotency_key(request.idempotency_key)
@@ -204,10 +223,10 @@ class Ingestor:
         task_id = tasks.new_task_id(request.user_id, route.task_type, request.idempotency_key)
         task_key = tasks.task_key(request.user_id, route.service_name, task_id)
         headers = {"task_key": task_key}
-        if trace is not None:
-            headers["traceparent"] = trace.traceparent
-            if trace.tracestate:
-                headers["tracestate"] = trace.tracestate
+        if call.trace is not None:  # forwarded as it came, unless a tracing middleware spans it
+            headers["traceparent"] = call.trace.traceparent
+            if call.trace.tracestate:
+                headers["tracestate"] = call.trace.tracestate
         try:
             body = tasks.message_body(task_id, request.user_id, route.task_type, payload)
         except ValueError as exc:  # NaN/Infinity, or text that is not Unicode (lone surrogates)
@@ -224,10 +243,11 @@ class Ingestor:
             app_id=self._app_id,
             headers=headers,
         )
-        return Accepted(task_key, task_id, route), envelope
+        return route, envelope, task_key
 
-    def _start(self, task_id: str, envelope: Envelope) -> asyncio.Future[None]:
+    def _start(self, call: CallContext, route: Route, envelope: Envelope) -> asyncio.Future[None]:
         """The publish of this task id: the one already in flight, or a new one."""
+        task_id = envelope.message_id
         publish = self._in_flight.get(task_id)
         if publish is not None:
             return publish
@@ -237,16 +257,43 @@ class Ingestor:
                 f"{self._max_in_flight} publishes are already waiting for the broker "
                 "(broker.max_in_flight); retry later",
             )
+        headers = cast(dict[str, str], envelope.headers)  # built by _prepare, still its own
+        outcomes = [
+            outcome
+            for publishing in self._hooks.publishing
+            if (outcome := publishing(call, route, task_id, headers)) is not None
+        ]
         publish = asyncio.ensure_future(self.broker.publish(envelope))
         self._in_flight[task_id] = publish
-        publish.add_done_callback(lambda done: self._forget(task_id, done))
+        IN_FLIGHT.inc()
+        publish.add_done_callback(lambda done: self._forget(task_id, done, outcomes))
         return publish
 
-    def _forget(self, task_id: str, done: asyncio.Future[None]) -> None:
+    def _forget(
+        self, task_id: str, done: asyncio.Future[None], outcomes: Sequence[Outcome]
+    ) -> None:
         if self._in_flight.get(task_id) is done:
             del self._in_flight[task_id]
-        if not done.cancelled():
-            done.exception()  # retrieved here: a caller that timed out never reads it
+        IN_FLIGHT.dec()
+        if done.cancelled():  # only as the event loop itself goes away
+            code = Code.UNAVAILABLE
+        else:
+            error = done.exception()  # retrieved here: a caller that timed out never reads it
+            code = error.code if isinstance(error, GatewayError) else Code.INTERNAL
+            code = Code.OK if error is None else code
+        for outcome in outcomes:
+            outcome(code)
+
+
+class _TaskHooks:
+    """The task hooks of the middlewares that have something to do at each."""
+
+    __slots__ = ("admit", "publishing", "settled")
+
+    def __init__(self, middlewares: Sequence[Middleware]) -> None:
+        self.admit = [m.admit for m in middlewares if m.overrides("admit")]
+        self.publishing = [m.publishing for m in middlewares if m.overrides("publishing")]
+        self.settled = [m.settled for m in middlewares if m.overrides("settled")]
 
 
 def deadline_exceeded(limit: float) -> GatewayError:

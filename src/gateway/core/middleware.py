@@ -8,21 +8,34 @@ not a method of the gateway (health, reflection, /docs, /openapi.json) stays out
 
 A middleware overrides `unary`, `stream` or both; each returns the handler it was given when
 it has nothing to add for that method, so a method pays only for what applies to it.
+
+A call may carry many tasks (a batch, a stream), and some concerns are about each task: who
+may publish this task type, how many tasks a client may send, what became of each task. For
+those, the `Ingestor` calls three task hooks of every middleware that overrides them:
+`admit` (before a task is sent: raise to refuse it, and only it), `publishing` (as it is sent:
+add message headers, and get told its outcome) and `settled` (its outcome, once, whether it
+was sent or not).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import structlog
 from google.protobuf.message import Message
 
+from gateway.contracts.routing import Route
 from gateway.core.context import CallContext
 from gateway.core.method import Method, StreamHandler, UnaryHandler
+from gateway.errors import Code
 
-__all__ = ["LogContext", "Middleware", "apply"]
+__all__ = ["LogContext", "Middleware", "Outcome", "apply"]
+
+
+# Told the code a published task ended with (OK when confirmed).
+Outcome = Callable[[Code], None]
 
 
 class Middleware:
@@ -33,6 +46,24 @@ class Middleware:
 
     def stream(self, method: Method, handler: StreamHandler) -> StreamHandler:
         return handler
+
+    def admit(self, call: CallContext, route: Route) -> None:
+        """A valid task for `route` is about to be published: raise GatewayError to refuse it."""
+
+    def publishing(
+        self, call: CallContext, route: Route, task_id: str, headers: dict[str, str]
+    ) -> Outcome | None:
+        """The task is being sent with `headers`, which may be added to; return a callable to
+        be told its outcome, or None."""
+        return None
+
+    def settled(self, call: CallContext, task_type: str, code: Code) -> None:
+        """A task's outcome: `task_type` as routed, or `_unknown` for one the gateway does not
+        route; `code` OK for a confirmed task."""
+
+    def overrides(self, hook: str) -> bool:
+        """Whether this middleware has something to do at `hook` (so callers may skip it)."""
+        return getattr(type(self), hook) is not getattr(Middleware, hook)
 
 
 def apply(method: Method, middlewares: Sequence[Middleware]) -> Method:
@@ -69,4 +100,6 @@ def _fields(call: CallContext) -> dict[str, str]:
     fields = {"transport": call.transport, "peer": call.peer}
     if call.request_id:
         fields["request_id"] = call.request_id
+    if call.trace is not None:  # the caller's trace; a tracing middleware binds its own span's
+        fields["trace_id"] = call.trace.traceparent[3:35]
     return fields

@@ -6,14 +6,17 @@ are grpc's own services, outside it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.config import GrpcSettings
 from gateway.core.methods import Methods
 from gateway.errors import ConfigError
-from gateway.transport.grpc_service import generic_handlers
-from gateway.transport.reflection import enable_reflection
+from gateway.transport import metrics
+from gateway.transport.grpc_service import ServiceHandlers, method_handlers
+from gateway.transport.reflection import reflection_handlers
 
 __all__ = ["GrpcServer"]
 
@@ -23,6 +26,11 @@ _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 class GrpcServer:
     def __init__(self, methods: Methods, settings: GrpcSettings, *, reuse_port: bool) -> None:
         self._methods = methods
+        # Every method of the gateway's own services has its series from the start, at 0.
+        metrics.initialise_grpc(
+            ("bidi_stream" if method.streaming else "unary", method.service, method.name)
+            for method in methods.values()
+        )
         self._settings = settings
         self._reuse_port = reuse_port
         self._services = methods.service_names
@@ -48,9 +56,21 @@ class GrpcServer:
             ],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
-        server.add_generic_rpc_handlers(generic_handlers(self._methods))
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        enable_reflection([*self._services, _HEALTH_SERVICE], server)
+        services = {
+            **method_handlers(self._methods),
+            **_health_handlers(self._health),
+            **reflection_handlers([*self._services, _HEALTH_SERVICE]),
+        }
+        for service, handlers in services.items():
+            metered_handlers = {
+                name: metrics.metered(service, name, handler) for name, handler in handlers.items()
+            }
+            # Registered methods are found without the generic handlers' lookup per call.
+            # (grpc-stubs predates the method; grpc.aio.Server has had it since 1.62.)
+            server.add_registered_method_handlers(service, metered_handlers)  # type: ignore[attr-defined]
+            server.add_generic_rpc_handlers(
+                [grpc.method_handlers_generic_handler(service, metered_handlers)]
+            )
         address = self._settings.address
         try:
             self.port = server.add_insecure_port(address)
@@ -80,3 +100,25 @@ class GrpcServer:
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+class _Capture:
+    """Stands in for a server to read the handlers a generated add_*_to_server registers."""
+
+    def __init__(self) -> None:
+        self.services: ServiceHandlers = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the same handlers come by add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.services[service] = dict(handlers)
+
+
+def _health_handlers(servicer: Any) -> ServiceHandlers:
+    """grpc.health.v1.Health's handlers, as its generated code would register them."""
+    capture = _Capture()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, capture)
+    return capture.services

@@ -8,7 +8,7 @@ Each handler turns the gRPC call into a `CallContext`, parses the request, calls
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
@@ -21,21 +21,22 @@ from gateway.core.methods import Methods
 from gateway.core.status import to_status_proto
 from gateway.errors import Code, GatewayError
 
-__all__ = ["generic_handlers"]
+__all__ = ["ServiceHandlers", "method_handlers"]
 
 log = structlog.get_logger(logger_name="gateway.grpc")
 
 
-def generic_handlers(methods: Methods) -> list[grpc.GenericRpcHandler[Any, Any]]:
-    """One generic handler per service, for `grpc.aio.Server.add_generic_rpc_handlers`."""
-    by_service: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
+# A string: grpc.RpcMethodHandler is subscriptable only in the type stubs.
+ServiceHandlers: TypeAlias = "dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]]"
+
+
+def method_handlers(methods: Methods) -> ServiceHandlers:
+    """The handler of each method, by service and method name."""
+    by_service: ServiceHandlers = {}
     for method in methods.values():
         handler = _stream_handler(method) if method.streaming else _handler(method)
         by_service.setdefault(method.service, {})[method.name] = handler
-    return [
-        grpc.method_handlers_generic_handler(service, handlers)
-        for service, handlers in by_service.items()
-    ]
+    return by_service
 
 
 def _handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:

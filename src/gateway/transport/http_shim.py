@@ -16,6 +16,7 @@ import asyncio
 import importlib.util
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from gateway.errors import (
     GatewayError,
     invalid_argument,
 )
+from gateway.transport import metrics
 
 __all__ = ["HttpShim"]
 
@@ -86,7 +88,12 @@ _TOO_MANY_CONNECTIONS = (
 _LARGE_BODY_BYTES = 64 * 1024
 
 # The gateway's own GET routes (registered on the router ahead of the RPC routes).
-_OWN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
+_OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+# OpenTelemetry's http.request.method: the known methods, and _OTHER for anything else, so
+# that a client cannot make up label values.
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
 
 _DOCS_PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -182,9 +189,10 @@ class HttpShim:
 
     def application(self) -> web.Application:
         # Bodies are read by `_body`, which answers 413 itself, in Status JSON.
-        app = web.Application(client_max_size=self._max_request_bytes)
+        app = web.Application(client_max_size=self._max_request_bytes, middlewares=[_measured])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/openapi.json", self._openapi_json)
         app.router.add_get("/docs", self._docs)
         app.router.add_static("/docs/static", _swagger_ui_assets())
@@ -199,6 +207,11 @@ class HttpShim:
         if reason is None:
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "not ready", "reason": reason}, status=503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        # Off the loop: it reads every worker's metric files.
+        body = await asyncio.to_thread(metrics.scrape)
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def _openapi_json(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/json")
@@ -267,6 +280,7 @@ class HttpShim:
             if variables is None:
                 continue
             if rule.verb == request.method:
+                request[_ROUTE] = rule.path  # the template, for the request's metrics
                 return rule, method, variables
             allowed.append(rule.verb)
         if allowed:
@@ -324,6 +338,36 @@ def _request_message(
     if violations:
         raise invalid_argument(violations)
     return message
+
+
+_ROUTE = web.RequestKey("route", str)
+
+
+@web.middleware
+async def _measured(request: web.Request, handler: Any) -> web.StreamResponse:
+    """http_server_request_duration_seconds of every request, by its route's template."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        route = request.get(_ROUTE) or _own_route(request)
+        method = request.method if request.method in _KNOWN_METHODS else "_OTHER"
+        metrics.HTTP_DURATION.labels(method, route, str(status)).observe(
+            time.perf_counter() - started
+        )
+
+
+def _own_route(request: web.Request) -> str:
+    """The template of one of the shim's own routes, or _unmatched."""
+    resource = request.match_info.route.resource
+    canonical = resource.canonical if resource is not None else ""
+    return canonical if canonical and "{path" not in canonical else metrics.UNMATCHED_ROUTE
 
 
 class _TooManyConnections(asyncio.Protocol):

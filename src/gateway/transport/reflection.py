@@ -15,28 +15,31 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-__all__ = ["V1ALPHA_SERVICE_NAME", "V1_SERVICE_NAME", "enable_reflection"]
+__all__ = ["V1ALPHA_SERVICE_NAME", "V1_SERVICE_NAME", "reflection_handlers"]
 
 V1ALPHA_SERVICE_NAME: str = reflection.SERVICE_NAME
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 _V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
-def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
-    """Serve reflection v1 and v1alpha for `service_names` and the reflection services."""
+def reflection_handlers(
+    service_names: Iterable[str],
+) -> dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]]:
+    """Reflection v1 and v1alpha for `service_names` and themselves: handlers by service."""
     _register_v1_descriptor()
     names = [*service_names, V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME]
     # grpcio-reflection exports its asyncio servicer at run time only (no stubs say so).
     servicer = reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
-    for service in (V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME):
-        handler = grpc.stream_stream_rpc_method_handler(
-            servicer.ServerReflectionInfo,
-            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": handler})]
-        )
+    return {
+        service: {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        }
+        for service in (V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME)
+    }
 
 
 def _register_v1_descriptor() -> None:

@@ -1,0 +1,30 @@
+"""Metrics of the request path: every task's outcome, and the publishes awaiting the broker."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from gateway.core.context import CallContext
+from gateway.core.middleware import Middleware
+from gateway.errors import Code
+
+__all__ = ["IN_FLIGHT", "TASKS", "TaskMetrics"]
+
+TASKS = Counter(
+    "task_gateway_tasks_total",
+    "Tasks by outcome: code is the gRPC code's name, OK for a task the broker confirmed; "
+    "task_type is _unknown for one the gateway does not route.",
+    ("task_type", "transport", "code"),
+)
+IN_FLIGHT = Gauge(
+    "task_gateway_publishes_in_flight",
+    "Publishes sent and awaiting the broker's answer, all workers together.",
+    multiprocess_mode="livesum",
+)
+
+
+class TaskMetrics(Middleware):
+    """Counts every task's outcome, on both transports, the refused ones included."""
+
+    def settled(self, call: CallContext, task_type: str, code: Code) -> None:
+        TASKS.labels(task_type, call.transport, code.name).inc()
