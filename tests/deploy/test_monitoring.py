@@ -8,12 +8,14 @@ and behaviour itself (`make deploy-check`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -31,22 +33,43 @@ except ImportError:  # pragma: no cover - depends on the machine
 DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "task-gateway.json").read_text())
 ALERTS = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
 
-# The gateway's metric families and their labels; histograms are read through their series.
-FAMILIES: dict[str, set[str]] = {
-    "task_gateway_tasks_total": {"task_type", "transport", "code"},
-    "task_gateway_publish_seconds": {"exchange"},
-    "task_gateway_publishes_in_flight": set(),
-    "task_gateway_broker_connected": set(),
-    "task_gateway_broker_reconnects_total": set(),
-    "task_gateway_broker_outcomes_total": {"exchange", "outcome"},
-    "grpc_server_handled_total": {"grpc_type", "grpc_service", "grpc_method", "grpc_code"},
-    "http_server_request_duration_seconds": {
-        "http_request_method",
-        "http_route",
-        "http_response_status_code",
-    },
-}
-HISTOGRAMS = {"task_gateway_publish_seconds", "http_server_request_duration_seconds"}
+
+def _scraped_families() -> tuple[dict[str, set[str]], set[str]]:
+    """The families a running gateway exports, with their labels, read from its /metrics after
+    a task over each transport (so that every labelled family has a series), and which of them
+    are histograms. Not a list kept by hand: the gateway's own output."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gateway.app.server import Gateway
+    from tests.conftest import make_settings
+
+    async def scrape() -> str:
+        gateway = Gateway(make_settings())
+        await gateway.start()
+        try:
+            task = {"user_id": "u", "payload": {"model": "m", "prompt": "p", "image_name": "n"}}
+            base = f"http://127.0.0.1:{gateway.http_port}"
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{base}/api/v1/images/generate", json=task) as answer:
+                    assert answer.status == 200
+                async with http.get(f"{base}/metrics") as answer:
+                    return await answer.text()
+        finally:
+            await gateway.stop(grace=1)
+
+    families: dict[str, set[str]] = {}
+    histograms: set[str] = set()
+    for family in text_string_to_metric_families(asyncio.run(scrape())):
+        if not family.name.startswith(("task_gateway_", "grpc_server_", "http_server_")):
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        families[name] = {label for sample in family.samples for label in sample.labels} - {"le"}
+        if family.type == "histogram":
+            histograms.add(name)
+    return families, histograms
+
+
+FAMILIES, HISTOGRAMS = _scraped_families()
 # Labels Prometheus adds to every target's series (the Kubernetes scrape adds namespace, pod).
 TARGET_LABELS = {"instance", "job", "namespace", "pod"}
 

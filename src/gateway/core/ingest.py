@@ -24,7 +24,7 @@ from gateway.contracts.jsonmapping import parse_json_object
 from gateway.contracts.routing import Route, RouteTable
 from gateway.core import tasks
 from gateway.core.context import CallContext
-from gateway.core.metrics import IN_FLIGHT
+from gateway.core.metrics import IN_FLIGHT, IN_FLIGHT_LIMIT
 from gateway.core.middleware import Middleware, Outcome
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
 
@@ -132,6 +132,7 @@ class Ingestor:
         self._app_id = app_id
         self._publish_timeout = publish_timeout
         self._max_in_flight = max_in_flight
+        IN_FLIGHT_LIMIT.set(max_in_flight)
         # Publishes waiting for their confirm, by task id. A concurrent retry of the same
         # idempotent task joins the publish in flight instead of sending a second copy: aiormq
         # matches a returned message to its publish by message_id (= task id), so two copies

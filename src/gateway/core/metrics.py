@@ -8,7 +8,7 @@ from gateway.core.context import CallContext
 from gateway.core.middleware import Middleware
 from gateway.errors import Code
 
-__all__ = ["IN_FLIGHT", "TASKS", "TaskMetrics"]
+__all__ = ["IN_FLIGHT", "IN_FLIGHT_LIMIT", "TASKS", "TaskMetrics"]
 
 TASKS = Counter(
     "task_gateway_tasks_total",
@@ -19,6 +19,12 @@ TASKS = Counter(
 IN_FLIGHT = Gauge(
     "task_gateway_publishes_in_flight",
     "Publishes sent and awaiting the broker's answer, all workers together.",
+    multiprocess_mode="livesum",
+)
+IN_FLIGHT_LIMIT = Gauge(
+    "task_gateway_publishes_in_flight_limit",
+    "The most publishes that may await the broker's answer (broker.max_in_flight of every "
+    "worker together); past it tasks are refused RESOURCE_EXHAUSTED.",
     multiprocess_mode="livesum",
 )
 

@@ -22,6 +22,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
@@ -43,6 +44,9 @@ __all__ = [
     "metered",
     "scrape",
 ]
+
+# No *_created series: the multiprocess mode has none either, and they double the series.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The http_route of a request no route matched: never the raw path a client sent.
