@@ -23,18 +23,36 @@ from gateway.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",
+    "AdminSettings",
+    "AuthSettings",
     "BrokerSettings",
+    "BrokerTlsSettings",
     "GrpcSettings",
     "HttpSettings",
     "LogSettings",
     "RouteSettings",
     "Settings",
+    "TlsSettings",
     "load_settings",
 ]
 
 ENV_PREFIX = "TASK_GATEWAY__"
 
 _T = typing.TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS of a listener: `[grpc.tls]`, `[server.tls]`. Empty: plaintext."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    # When set, clients must present a certificate this CA signed (mutual TLS).
+    client_ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file or self.key_file or self.client_ca_file)
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,7 @@ class GrpcSettings:
     # get the grace to finish.
     max_connection_age_seconds: float = 300.0
     max_connection_age_grace_seconds: float = 30.0
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,36 @@ class HttpSettings:
     max_connections: int = 1000
     # An idle keep-alive connection is closed after this long.
     keepalive_timeout_seconds: float = 15.0
+    tls: TlsSettings = field(default_factory=TlsSettings)
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """A plaintext HTTP listener for /healthz, /readyz and /metrics, whatever TLS the others
+    use (kubelet probes and Prometheus); empty: they stay on server.address only."""
+
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class BrokerTlsSettings:
+    """TLS to the broker, for amqps:// addresses."""
+
+    # The CA that signed the broker's certificate; empty: the system's CAs.
+    ca_file: str = ""
+    # A client certificate, for RabbitMQ's EXTERNAL authentication (no password in the URL).
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may call the gateway: nobody is asked (none), or every call needs a known client."""
+
+    mode: Literal["none", "required"] = "none"
+    # The clients: a TOML file of [[clients]] (see config/clients.example.toml); reloaded on
+    # SIGHUP and when it changes.
+    clients_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +146,7 @@ class BrokerSettings:
     missing_exchange_seconds: float = 1.0
     # The AMQP `app_id` property of every message.
     app_id: str = "task-gateway"
+    tls: BrokerTlsSettings = field(default_factory=BrokerTlsSettings)
 
 
 @dataclass(frozen=True)
@@ -124,7 +174,9 @@ class Settings:
     workers: int = 0
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
     server: HttpSettings = field(default_factory=HttpSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     log: LogSettings = field(default_factory=LogSettings)
     routes: tuple[RouteSettings, ...] = ()
 
@@ -275,10 +327,13 @@ def _shown(value: Any) -> str:
 
 def _check(settings: Settings) -> None:
     """Range and format checks that the types alone do not catch."""
-    for key, address in (
+    addresses = [
         ("grpc.address", settings.grpc.address),
         ("server.address", settings.server.address),
-    ):
+    ]
+    if settings.admin.address:
+        addresses.append(("admin.address", settings.admin.address))
+    for key, address in addresses:
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"{key}: {address!r} is not host:port")
@@ -314,6 +369,18 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{key}: must not be negative, got {seconds}")
     for url in settings.broker_urls:
         _check_amqp_url(url)
+    for key, tls in (("grpc.tls", settings.grpc.tls), ("server.tls", settings.server.tls)):
+        if tls.enabled and not (tls.cert_file and tls.key_file):
+            raise ConfigError(f"{key}: cert_file and key_file are both needed for TLS")
+    broker_tls = settings.broker.tls
+    if bool(broker_tls.cert_file) != bool(broker_tls.key_file):
+        raise ConfigError("broker.tls: cert_file and key_file go together (a client certificate)")
+    if (broker_tls.ca_file or broker_tls.cert_file) and not all(
+        url.startswith("amqps://") for url in settings.broker_urls
+    ):
+        raise ConfigError("broker.tls is set: every broker.address must be an amqps:// URL")
+    if settings.auth.mode == "required" and not settings.auth.clients_file:
+        raise ConfigError('auth.clients_file: needed when auth.mode is "required"')
 
 
 def _check_amqp_url(url: str) -> None:
