@@ -237,7 +237,7 @@ def load_settings_text(
         f"pydriver: same process, counted), peak {settings.duration} s, half peak 1 s + "
         f"{settings.half_duration} s; a fresh server process per row",
         f"gateway:     {shlex.join([gateway_python, '-m', 'gateway', *gateway_args])} "
-        f"(pip install . without the dev extra; RUN_MODE=production, LOG__LEVEL=warning), "
+        f"(pip install . without the dev extra; LOG__FORMAT=json, LOG__LEVEL=warning), "
         f"code at {revision}",
     ]
 

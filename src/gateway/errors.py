@@ -118,14 +118,21 @@ STATUS: dict[Code, StatusRow] = {
         "schema route.",
     ),
     Code.ALREADY_EXISTS: StatusRow(409, "info", Retry.NO),
-    Code.PERMISSION_DENIED: StatusRow(403, "info", Retry.NO),
+    Code.PERMISSION_DENIED: StatusRow(
+        403,
+        "info",
+        Retry.NO,
+        "PERMISSION_DENIED: the client may not publish this task type, or for this user_id "
+        "(auth.mode required). Nothing was published.",
+    ),
     Code.RESOURCE_EXHAUSTED: StatusRow(
         429,
         "warning",
         Retry.LATER,
-        "RESOURCE_EXHAUSTED: the cap on publishes awaiting a confirm is reached, or the broker "
-        "is blocking publishers (memory or disk alarm). Nothing was published: retry later, "
-        "with backoff.",
+        "RESOURCE_EXHAUSTED: the client is over its rate quota (a google.rpc.RetryInfo detail, "
+        "and Retry-After, say when a token is free), the cap on publishes awaiting a confirm is "
+        "reached, or the broker is blocking publishers (memory or disk alarm). Nothing was "
+        "published: retry later, with backoff.",
     ),
     Code.FAILED_PRECONDITION: StatusRow(
         400,
@@ -153,7 +160,13 @@ STATUS: dict[Code, StatusRow] = {
         "idempotency_key.",
     ),
     Code.DATA_LOSS: StatusRow(500, "error", Retry.NO),
-    Code.UNAUTHENTICATED: StatusRow(401, "info", Retry.NO),
+    Code.UNAUTHENTICATED: StatusRow(
+        401,
+        "info",
+        Retry.NO,
+        "UNAUTHENTICATED: no bearer token (Authorization: Bearer <token>) or client "
+        "certificate, or one the gateway does not know (auth.mode required).",
+    ),
 }
 
 
@@ -188,11 +201,21 @@ class FieldViolation:
 class GatewayError(Exception):
     """An error the caller should hear about: a status code and a message naming the cause."""
 
-    def __init__(self, code: Code, message: str, violations: Iterable[FieldViolation] = ()) -> None:
+    def __init__(
+        self,
+        code: Code,
+        message: str,
+        violations: Iterable[FieldViolation] = (),
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        """`retry_after`: seconds after which a retry may succeed (google.rpc.RetryInfo, and
+        Retry-After on HTTP), when the gateway knows it."""
         super().__init__(message)
         self.code = code
         self.message = message
         self.violations = tuple(violations)
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"GatewayError({self.code.name}, {self.message!r})"

@@ -158,7 +158,9 @@ class Broken(Middleware):
 
 @pytest.fixture
 def broken(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway.app.server, "middlewares", lambda settings, tracer=None: [Broken()])
+    monkeypatch.setattr(
+        gateway.app.server, "middlewares", lambda settings, tracer=None, **hooks: [Broken()]
+    )
 
 
 @pytest.mark.usefixtures("broken")

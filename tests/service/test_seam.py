@@ -56,7 +56,7 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, CallContext]]:
     monkeypatch.setattr(
         gateway.app.server,
         "middlewares",
-        lambda settings, tracer=None: [
+        lambda settings, tracer=None, **hooks: [
             *built_in(settings),
             Recorder("outer", calls),
             Recorder("inner", calls),

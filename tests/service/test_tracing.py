@@ -36,7 +36,9 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
     chain = gateway.app.server.middlewares
-    monkeypatch.setattr(gateway.app.server, "middlewares", lambda s, t=None: chain(s, tracer))
+    monkeypatch.setattr(
+        gateway.app.server, "middlewares", lambda s, t=None, **hooks: chain(s, tracer, **hooks)
+    )
     yield exporter
     provider.shutdown()
 

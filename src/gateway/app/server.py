@@ -17,6 +17,7 @@ import structlog
 from prometheus_client import Gauge
 
 from gateway import __version__
+from gateway.app.clients_file import ClientsFile
 from gateway.app.health import Health
 from gateway.app.log import configure_logging_for
 from gateway.app.tracing import start_tracing
@@ -31,10 +32,12 @@ from gateway.contracts.http_rules import http_rules
 from gateway.contracts.openapi import openapi_document
 from gateway.contracts.routing import RouteTable, build_route_table
 from gateway.contracts.schema import message_schema
+from gateway.core.auth import Auth
 from gateway.core.ingest import Ingestor
 from gateway.core.methods import Methods
 from gateway.core.metrics import TaskMetrics
 from gateway.core.middleware import LogContext, Middleware
+from gateway.core.quota import Buckets, Quota
 from gateway.errors import ConfigError
 from gateway.transport.grpc_server import GrpcServer
 from gateway.transport.http_shim import HttpShim
@@ -92,14 +95,26 @@ class Gateway:
         workers: WorkerStates | None = None,
         worker_index: int = 0,
         tracer: Any = None,
+        buckets: Buckets | None = None,
     ) -> None:
         """`workers`: the states shared by the workers of this gateway, this one's at
         `worker_index` (gateway.app.workers); None for a gateway of one process.
-        `tracer`: an OpenTelemetry tracer (gateway.app.tracing) when tracing is on."""
+        `tracer`: an OpenTelemetry tracer (gateway.app.tracing) when tracing is on.
+        `buckets`: the rate quotas' buckets, shared by the workers (made before the fork)."""
         self.settings = settings
         self.routes = build_route_table(CONTRACT_FILES, settings.routes)
         self.broker = broker if broker is not None else make_broker(settings)
-        chain = middlewares(settings, tracer)
+        # Authentication: the clients, from their file (ConfigError: start-up stops).
+        self.clients_file = (
+            ClientsFile(settings.auth.clients_file) if settings.auth.mode == "required" else None
+        )
+        self.auth = Auth(self.clients_file.clients) if self.clients_file is not None else None
+        chain = middlewares(
+            settings,
+            tracer,
+            auth=self.auth,
+            quota=Quota(buckets or Buckets()) if self.auth is not None else None,
+        )
         self.ingestor = Ingestor(
             self.routes,
             self.broker,
@@ -117,7 +132,12 @@ class Gateway:
             middlewares=chain,
         )
         self.health = Health(self.broker, self.routes, workers=workers, worker_index=worker_index)
-        self.grpc = GrpcServer(self.methods, settings.grpc, reuse_port=reuse_port)
+        self.grpc = GrpcServer(
+            self.methods,
+            settings.grpc,
+            reuse_port=reuse_port,
+            authenticate=self.auth.authenticate if self.auth is not None else None,
+        )
         rules = http_rules(CONTRACT_FILES)
         self.http = HttpShim(
             self.methods,
@@ -135,11 +155,13 @@ class Gateway:
             ),
             readiness=self.health.readiness,
             max_request_bytes=settings.grpc.max_request_bytes,
+            tls=settings.server.tls,
         )
         # Set when several worker processes share the ports.
         self._reuse_port = reuse_port
         self.grpc_port: int | None = None
         self.http_port: int | None = None
+        self.admin_port: int | None = None
 
     async def start(self) -> None:
         """Start the broker connection and listen; does not wait for the broker to be reachable.
@@ -159,6 +181,12 @@ class Gateway:
                 max_connections=self.settings.server.max_connections,
                 keepalive_timeout=self.settings.server.keepalive_timeout_seconds,
             )
+            if self.settings.admin.address:
+                self.admin_port = await self.http.start_admin(
+                    self.settings.admin.address, reuse_port=self._reuse_port
+                )
+            if self.clients_file is not None:
+                self.clients_file.start()
         except BaseException:
             await self._release(answer_grace=0)
             raise
@@ -207,6 +235,8 @@ class Gateway:
         await asyncio.gather(self.grpc.stop(answer_grace), self.http.stop())
         await self.broker.close()
         await self.health.stop()
+        if self.clients_file is not None:
+            await self.clients_file.stop()
 
     async def serve(self, siblings: Siblings | None = None) -> bool:
         """Run until SIGTERM or SIGINT, then shut down gracefully.
@@ -225,6 +255,14 @@ class Gateway:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+
+        def on_hangup() -> None:  # read the clients file again, in every worker
+            if siblings is not None:
+                siblings.signal(signal.SIGHUP, stopping=False)
+            if self.clients_file is not None:
+                self.clients_file.reload()
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         try:
             if siblings is not None:
                 siblings.watch(on_failure=stop.set)
@@ -242,14 +280,24 @@ class Gateway:
         return siblings is None or not siblings.failed
 
 
-def middlewares(settings: Settings, tracer: Any = None) -> list[Middleware]:
-    """The middlewares every method (and every task) goes through, the first outermost."""
+def middlewares(
+    settings: Settings, tracer: Any = None, *, auth: Auth | None = None, quota: Quota | None = None
+) -> list[Middleware]:
+    """The middlewares every method (and every task) goes through, the first outermost.
+
+    The log context first, so every line of a call has it; the trace next, so that it spans
+    the refusals too; then who the caller is, before anything counts its tasks or its quota.
+    """
     chain: list[Middleware] = [LogContext()]
     if tracer is not None:
         from gateway.core.tracing import Tracing  # OpenTelemetry is an optional extra
 
         chain.append(Tracing(tracer))
+    if auth is not None:
+        chain.append(auth)
     chain.append(TaskMetrics())
+    if quota is not None:
+        chain.append(quota)
     return chain
 
 

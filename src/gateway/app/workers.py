@@ -32,7 +32,7 @@ __all__ = ["Siblings", "WorkerStates", "default_workers", "run_workers"]
 
 log = structlog.get_logger(logger_name="gateway.workers")
 
-_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -99,9 +99,10 @@ class Siblings:
         if not self._running:
             self._all_exited.set()
 
-    def signal(self, signum: int) -> None:
-        """Pass a stop signal on to every worker still running."""
-        self._stopping = True
+    def signal(self, signum: int, *, stopping: bool = True) -> None:
+        """Pass a signal on to every worker still running (a stop signal, unless `stopping`
+        is False: SIGHUP)."""
+        self._stopping = self._stopping or stopping
         for pid in self._running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
@@ -133,6 +134,7 @@ def _forked_worker(settings: Settings, parent: int, states: WorkerStates, index:
     """A forked worker, to its exit code; it loads the server itself, after the fork."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the first worker died before the line above

@@ -48,7 +48,9 @@ gRPC status code and a `google.rpc.BadRequest` detail names each bad field.
 
 Request headers the gateway honours:
 
-- `Authorization`: forwarded to the method as call metadata.
+- `Authorization`: `Bearer <token>`, the client's credentials when the gateway requires \
+authentication (401 without a known token or client certificate; 403 for a task type or user_id \
+the client may not publish).
 - `Grpc-Metadata-<name>`: forwarded as call metadata `<name>`.
 - `X-Request-Id`: forwarded as call metadata and logged with the request.
 - `traceparent`, `tracestate`: W3C trace context; `traceparent` is copied into the published \
@@ -149,6 +151,8 @@ def openapi_document(
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": version, "description": _DESCRIPTION},
+        # Either: a gateway without authentication asks for nothing.
+        "security": [{}, {"bearer": []}],
         "tags": [
             *(
                 {"name": name, "description": text} if text else {"name": name}
@@ -169,6 +173,14 @@ def openapi_document(
                 for name, description in ERROR_RESPONSES.values()
             },
             "parameters": _HEADER_PARAMETERS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A client's token, when the gateway requires authentication "
+                    "(it may also know a client by its TLS certificate).",
+                }
+            },
         },
     }
 

@@ -6,7 +6,7 @@ contracts, plus the untyped routes of the configuration. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,20 +64,23 @@ class RouteTable(Mapping[str, Route]):
     def __len__(self) -> int:
         return len(self._routes)
 
-    def resolve(self, task_type: str) -> Route:
-        """The route of a task type a client named, or INVALID_ARGUMENT listing the known ones."""
+    def resolve(self, task_type: str, visible: Callable[[str], bool] | None = None) -> Route:
+        """The route of a task type a client named, or INVALID_ARGUMENT listing the known ones
+        (those `visible` lets the caller know of, when given)."""
         route = self._routes.get(task_type)
         if route is None:
-            known = ", ".join(self.task_types)
-            description = (
-                "must not be empty" if not task_type else f"unknown task type {task_type!r}"
-            )
-            raise GatewayError(
-                Code.INVALID_ARGUMENT,
-                f"task_type: {description}; known task types: {known}",
-                [FieldViolation("task_type", f"{description}; known task types: {known}")],
-            )
+            raise self.unknown(task_type, visible)
         return route
+
+    def unknown(self, task_type: str, visible: Callable[[str], bool] | None = None) -> GatewayError:
+        """INVALID_ARGUMENT for a task type the caller may not name, listing those it may."""
+        known = ", ".join(t for t in self.task_types if visible is None or visible(t))
+        description = "must not be empty" if not task_type else f"unknown task type {task_type!r}"
+        return GatewayError(
+            Code.INVALID_ARGUMENT,
+            f"task_type: {description}; known task types: {known}",
+            [FieldViolation("task_type", f"{description}; known task types: {known}")],
+        )
 
 
 def typed_routes(files: Iterable[FileDescriptor]) -> list[Route]:

@@ -25,7 +25,7 @@ from gateway.contracts.routing import Route, RouteTable
 from gateway.core import tasks
 from gateway.core.context import CallContext
 from gateway.core.metrics import IN_FLIGHT, IN_FLIGHT_LIMIT
-from gateway.core.middleware import Middleware, Outcome
+from gateway.core.middleware import Middleware, Outcome, visibility
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
 
 __all__ = ["UNKNOWN_TASK_TYPE", "Accepted", "Ingestor", "Publication", "TaskRequest"]
@@ -129,6 +129,7 @@ class Ingestor:
         self.routes = routes
         self.broker = broker
         self._hooks = _TaskHooks(middlewares)
+        self._visible = visibility(middlewares)
         self._app_id = app_id
         self._publish_timeout = publish_timeout
         self._max_in_flight = max_in_flight
@@ -190,7 +191,7 @@ class Ingestor:
             accepted = Accepted(task_key, envelope.message_id, route)
             fields.update(task_key=task_key, exchange=envelope.exchange)
             for admit in self._hooks.admit:
-                admit(context, route)
+                admit(context, route, request.user_id)
             remaining = context.remaining()
             if remaining is not None and remaining < _LEAST_TIME_TO_CONFIRM:
                 raise GatewayError(
@@ -214,7 +215,10 @@ class Ingestor:
 
     def _prepare(self, request: TaskRequest, call: CallContext) -> tuple[Route, Envelope, str]:
         """The task's route, its message, and its task key; INVALID_ARGUMENT for a bad task."""
-        route = self.routes.resolve(request.task_type)
+        visible = self._visible
+        route = self.routes.resolve(
+            request.task_type, None if visible is None else lambda t: visible(call, t)
+        )
         violations = validation.check_user_id(request.user_id)
         violations += validation.check_idempotency_key(request.idempotency_key)
         payload, payload_violations = _render_payload(route, request.payload)

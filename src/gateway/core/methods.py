@@ -22,7 +22,7 @@ from gateway.contracts.routing import Route
 from gateway.core.context import CallContext
 from gateway.core.ingest import Accepted, Ingestor, TaskRequest
 from gateway.core.method import Method, UnaryHandler, too_many_items
-from gateway.core.middleware import Middleware, apply
+from gateway.core.middleware import Middleware, apply, visibility
 from gateway.core.status import to_status_proto
 from gateway.core.window import Outcome, PublishWindow
 from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
@@ -55,6 +55,7 @@ class Methods(Mapping[str, Method]):
         # while its window is full, so gRPC flow control slows the client down.
         self._window = window
         self._max_batch_entries = max_batch_entries
+        self._visible = visibility(middlewares)
         typed = [(route, route.method) for route in ingestor.routes.values() if route.method]
         self._typed_by_request = {method.input_type.full_name: route for route, method in typed}
         methods = [Method.of(method, self._typed(route)) for route, method in typed]
@@ -201,17 +202,23 @@ class Methods(Mapping[str, Method]):
         self, request: gateway_pb2.ListTaskTypesRequest, context: CallContext
     ) -> gateway_pb2.ListTaskTypesResponse:
         routes = self._ingestor.routes
+        visible = self._visible
         return gateway_pb2.ListTaskTypesResponse(
-            task_types=[_catalog_entry(routes[name]) for name in routes.task_types]
+            task_types=[
+                _catalog_entry(routes[name])
+                for name in routes.task_types
+                if visible is None or visible(context, name)
+            ]
         )
 
     async def _get_task_type_schema(
         self, request: gateway_pb2.GetTaskTypeSchemaRequest, context: CallContext
     ) -> gateway_pb2.GetTaskTypeSchemaResponse:
-        try:
-            self._ingestor.routes.resolve(request.task_type)
-        except GatewayError as error:  # a resource that is not there, here, not a bad argument
-            raise GatewayError(Code.NOT_FOUND, error.message) from None
+        routes, visible = self._ingestor.routes, self._visible
+        shown = None if visible is None else lambda t: visible(context, t)
+        if request.task_type not in routes or (shown is not None and not shown(request.task_type)):
+            # A resource that is not there (for this caller), not a bad argument.
+            raise GatewayError(Code.NOT_FOUND, routes.unknown(request.task_type, shown).message)
         response = gateway_pb2.GetTaskTypeSchemaResponse(task_type=request.task_type)
         response.json_schema.update(self._payload_schemas[request.task_type])
         return response

@@ -14,7 +14,7 @@ may publish this task type, how many tasks a client may send, what became of eac
 those, the `Ingestor` calls three task hooks of every middleware that overrides them:
 `admit` (before a task is sent: raise to refuse it, and only it), `publishing` (as it is sent:
 add message headers, and get told its outcome) and `settled` (its outcome, once, whether it
-was sent or not).
+was sent or not). `visible` says which task types a caller may know of (the catalog).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from gateway.core.context import CallContext
 from gateway.core.method import Method, StreamHandler, UnaryHandler
 from gateway.errors import Code
 
-__all__ = ["LogContext", "Middleware", "Outcome", "apply"]
+__all__ = ["LogContext", "Middleware", "Outcome", "apply", "visibility"]
 
 
 # Told the code a published task ended with (OK when confirmed).
@@ -47,8 +47,9 @@ class Middleware:
     def stream(self, method: Method, handler: StreamHandler) -> StreamHandler:
         return handler
 
-    def admit(self, call: CallContext, route: Route) -> None:
-        """A valid task for `route` is about to be published: raise GatewayError to refuse it."""
+    def admit(self, call: CallContext, route: Route, user_id: str) -> None:
+        """A valid task for `route` and `user_id` is about to be published: raise GatewayError
+        to refuse it (nothing is sent)."""
 
     def publishing(
         self, call: CallContext, route: Route, task_id: str, headers: dict[str, str]
@@ -61,9 +62,23 @@ class Middleware:
         """A task's outcome: `task_type` as routed, or `_unknown` for one the gateway does not
         route; `code` OK for a confirmed task."""
 
+    def visible(self, call: CallContext, task_type: str) -> bool:
+        """Whether the caller may know of `task_type` (the catalog, the task types an error
+        lists); all of them unless a middleware restricts them."""
+        return True
+
     def overrides(self, hook: str) -> bool:
         """Whether this middleware has something to do at `hook` (so callers may skip it)."""
         return getattr(type(self), hook) is not getattr(Middleware, hook)
+
+
+def visibility(middlewares: Sequence[Middleware]) -> Callable[[CallContext, str], bool] | None:
+    """Whether a caller may know of a task type, by every middleware's `visible`; None when no
+    middleware restricts it."""
+    hooks = [m.visible for m in middlewares if m.overrides("visible")]
+    if not hooks:
+        return None
+    return lambda call, task_type: all(hook(call, task_type) for hook in hooks)
 
 
 def apply(method: Method, middlewares: Sequence[Middleware]) -> Method:

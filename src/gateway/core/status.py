@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from google.protobuf import duration_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.rpc import error_details_pb2, status_pb2
 
@@ -11,8 +12,15 @@ __all__ = ["to_status_proto"]
 
 
 def to_status_proto(error: GatewayError) -> status_pb2.Status:
-    """The google.rpc.Status of an error, with a BadRequest detail naming each bad field."""
+    """The google.rpc.Status of an error, with a BadRequest detail naming each bad field and a
+    RetryInfo detail when the gateway knows when a retry may succeed."""
     status = status_pb2.Status(code=int(error.code), message=_text(error.message))
+    if error.retry_after is not None:
+        detail = AnyProto()
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(1, round(error.retry_after * 1e9)))
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        status.details.append(detail)
     if error.violations:
         detail = AnyProto()
         detail.Pack(

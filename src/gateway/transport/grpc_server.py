@@ -6,26 +6,53 @@ are grpc's own services, outside it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.config import GrpcSettings
+from gateway.core.context import CallContext
 from gateway.core.methods import Methods
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.transport import metrics
 from gateway.transport.grpc_service import ServiceHandlers, method_handlers
 from gateway.transport.reflection import reflection_handlers
+from gateway.transport.tls import (
+    CertificateFiles,
+    grpc_credentials,
+    peer_identity_from_auth_context,
+)
 
 __all__ = ["GrpcServer"]
 
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
+# Authenticates a call's context for what is outside the seam (reflection), or raises.
+Authenticate = Callable[[CallContext], object]
+
+
 class GrpcServer:
-    def __init__(self, methods: Methods, settings: GrpcSettings, *, reuse_port: bool) -> None:
+    def __init__(
+        self,
+        methods: Methods,
+        settings: GrpcSettings,
+        *,
+        reuse_port: bool,
+        authenticate: Authenticate | None = None,
+    ) -> None:
+        """`authenticate`: when calls need a known client, reflection needs one too (health
+        stays open, for probes)."""
         self._methods = methods
+        self._authenticate = authenticate
+        # Read at construction, so that unreadable files stop start-up naming the setting.
+        self._credentials = (
+            grpc_credentials(CertificateFiles("grpc.tls", settings.tls))
+            if settings.tls.enabled
+            else None
+        )
         # Every method of the gateway's own services has its series from the start, at 0.
         metrics.initialise_grpc(
             ("bidi_stream" if method.streaming else "unary", method.service, method.name)
@@ -59,7 +86,7 @@ class GrpcServer:
         services = {
             **method_handlers(self._methods),
             **_health_handlers(self._health),
-            **reflection_handlers([*self._services, _HEALTH_SERVICE]),
+            **self._guarded(reflection_handlers([*self._services, _HEALTH_SERVICE])),
         }
         for service, handlers in services.items():
             metered_handlers = {
@@ -73,11 +100,55 @@ class GrpcServer:
             )
         address = self._settings.address
         try:
-            self.port = server.add_insecure_port(address)
+            if self._credentials is not None:
+                self.port = server.add_secure_port(address, self._credentials)
+            else:
+                self.port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise ConfigError(f"grpc.address: cannot listen on {address}: {exc}") from exc
         await server.start()
         return self.port
+
+    def _guarded(self, services: ServiceHandlers) -> ServiceHandlers:
+        """The services' (bidirectional streaming) handlers, refusing unknown callers first."""
+        authenticate = self._authenticate
+        if authenticate is None:
+            return services
+        guarded: ServiceHandlers = {}
+        for service, handlers in services.items():
+            guarded[service] = {}
+            for name, handler in handlers.items():
+                behaviour = handler.stream_stream
+                assert behaviour is not None, f"{service}/{name} is not bidirectional"
+                method = f"/{service}/{name}"
+
+                async def checked(
+                    requests: Any,
+                    context: grpc.aio.ServicerContext[Any, Any],
+                    behaviour: Any = behaviour,
+                    method: str = method,
+                ) -> Any:
+                    call = CallContext.start(
+                        "grpc",
+                        method=method,
+                        peer=context.peer(),
+                        timeout=context.time_remaining(),
+                        metadata=dict(context.invocation_metadata() or ()),
+                        peer_identity=peer_identity_from_auth_context(context.auth_context()),
+                    )
+                    try:
+                        authenticate(call)
+                    except GatewayError as error:
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
+                    async for response in behaviour(requests, context):
+                        yield response
+
+                guarded[service][name] = grpc.stream_stream_rpc_method_handler(
+                    checked,
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return guarded
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING or NOT_SERVING for the server ("") and each of the gateway's services."""

@@ -20,8 +20,9 @@ from gateway.core.method import Method
 from gateway.core.methods import Methods
 from gateway.core.status import to_status_proto
 from gateway.errors import Code, GatewayError
+from gateway.transport.tls import peer_identity_from_auth_context
 
-__all__ = ["ServiceHandlers", "method_handlers"]
+__all__ = ["ServiceHandlers", "call_context", "method_handlers"]
 
 log = structlog.get_logger(logger_name="gateway.grpc")
 
@@ -41,7 +42,7 @@ def method_handlers(methods: Methods) -> ServiceHandlers:
 
 def _handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
-        call = _call_context(method, context)
+        call = call_context(method, context)
         try:
             response: Message = await method.handler(_parse(method, raw, call), call)
         except GatewayError as error:
@@ -63,7 +64,7 @@ def _stream_handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
     async def handle(
         raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Message]:
-        call = _call_context(method, context)
+        call = call_context(method, context)
 
         async def requests() -> AsyncIterator[Message]:
             async for raw in raw_requests:
@@ -97,7 +98,8 @@ def _unexpected(call: CallContext) -> GatewayError:
     return GatewayError(Code.INTERNAL, "internal error; see the gateway's log")
 
 
-def _call_context(method: Method, context: grpc.aio.ServicerContext[Any, Any]) -> CallContext:
+def call_context(method: Method, context: grpc.aio.ServicerContext[Any, Any]) -> CallContext:
+    """What the gRPC call says about itself: peer, deadline, metadata, client certificate."""
     metadata = {
         key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
     }
@@ -107,6 +109,7 @@ def _call_context(method: Method, context: grpc.aio.ServicerContext[Any, Any]) -
         peer=context.peer(),
         timeout=context.time_remaining(),
         metadata=metadata,
+        peer_identity=peer_identity_from_auth_context(context.auth_context()),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from gateway.config import TlsSettings
 from gateway.contracts.http_rules import HttpRule
 from gateway.contracts.jsonmapping import parse_json_object
 from gateway.core.context import LOGGED_REQUEST_ID_LENGTH, CallContext
@@ -41,6 +43,7 @@ from gateway.errors import (
     invalid_argument,
 )
 from gateway.transport import metrics
+from gateway.transport.tls import CertificateFiles, HttpTls, peer_identity_from_certificate
 
 __all__ = ["HttpShim"]
 
@@ -126,13 +129,17 @@ class HttpShim:
         openapi: Mapping[str, Any],
         readiness: Readiness,
         max_request_bytes: int,
+        tls: TlsSettings | None = None,
     ) -> None:
         self._routes = [(rule, methods[_wire_name(rule)]) for rule in rules]
         self._openapi = json.dumps(openapi, ensure_ascii=False).encode()
         self._readiness = readiness
         self._max_request_bytes = max_request_bytes
+        # Read here, so that unreadable files stop start-up naming the setting.
+        self._tls = HttpTls(CertificateFiles("server.tls", tls)) if tls and tls.enabled else None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
+        self._admin: web.AppRunner | None = None
 
     async def start(
         self,
@@ -173,19 +180,43 @@ class HttpShim:
                 connection,
                 host.strip("[]") or None,
                 int(port),
+                ssl=self._tls.context if self._tls is not None else None,
                 reuse_address=True,
                 reuse_port=reuse_port or None,
             )
         except OSError as exc:
             reason = exc.strerror
             raise ConfigError(f"server.address: cannot listen on {address}: {reason}") from exc
+        if self._tls is not None:
+            self._tls.start()
         return int(self._listener.sockets[0].getsockname()[1])
+
+    async def start_admin(self, address: str, *, reuse_port: bool) -> int:
+        """The admin listener: plaintext /healthz, /readyz and /metrics only; its port."""
+        app = web.Application(middlewares=[_measured])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._admin = web.AppRunner(app, access_log=None, shutdown_timeout=0)
+        await self._admin.setup()
+        host, _, port = address.rpartition(":")
+        site = web.TCPSite(self._admin, host.strip("[]"), int(port), reuse_port=reuse_port or None)
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = exc.strerror
+            raise ConfigError(f"admin.address: cannot listen on {address}: {reason}") from exc
+        return int(self._admin.addresses[0][1])
 
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.close()  # no new connections; those open get the answer grace
+        if self._tls is not None:
+            await self._tls.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._admin is not None:
+            await self._admin.cleanup()
 
     def application(self) -> web.Application:
         # Bodies are read by `_body`, which answers 413 itself, in Status JSON.
@@ -263,12 +294,16 @@ class HttpShim:
             message = await asyncio.to_thread(_request_message_freed, rule, method, raw, variables)
         else:
             message = _request_message(rule, method, raw, variables)
+        transport = request.transport
         context = CallContext.start(
             "http",
             method=method.full_name,
             peer=request.remote or "",
             timeout=_timeout(request),
             metadata=_metadata(request),
+            peer_identity=peer_identity_from_certificate(
+                transport.get_extra_info("peercert") if transport is not None else None
+            ),
         )
         return method, message, context
 
@@ -509,11 +544,16 @@ def _error_response(error: GatewayError) -> web.Response:
     status = error.status if isinstance(error, _HttpError) else error.code.row.http_status
     body = json_format.MessageToDict(to_status_proto(error), preserving_proto_field_name=True)
     body.setdefault("details", [])
+    headers = dict(error.headers) if isinstance(error, _HttpError) else {}
+    if error.retry_after is not None:  # whole seconds, at least 1 (RFC 9110)
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    if error.code is Code.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = "Bearer"
     return web.Response(
         body=json.dumps(body, ensure_ascii=False).encode(),
         status=status,
         content_type="application/json",
-        headers=error.headers if isinstance(error, _HttpError) else None,
+        headers=headers or None,
     )
 
 

@@ -1,0 +1,494 @@
+"""TLS, mutual TLS, authentication and authorisation, on both transports.
+
+Certificates are made in the test (trustme). The broker is the in-memory one: what landed is
+read from its queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+from grpc_status import rpc_status
+from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
+from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
+from taskgateway_api.videos.v1 import videos_pb2, videos_pb2_grpc
+
+from gateway.app.server import Gateway
+from gateway.broker.memory import Definitions, MemoryBroker
+from gateway.config import AdminSettings, AuthSettings, Settings, TlsSettings
+from gateway.errors import ConfigError
+from tests.conftest import DEFINITIONS, make_settings, replace_settings
+from tests.support.ports import free_port
+
+TOKEN = "s3cret-token-of-image-frontend"
+OTHER_TOKEN = "a-token-nobody-was-given"
+IMAGES = images_pb2.GenerateRequest(
+    user_id="42", payload=images_pb2.GeneratePayload(model="m", prompt="p", image_name="n")
+)
+VIDEOS = videos_pb2.GenerateRequest(
+    user_id="42", payload=videos_pb2.GeneratePayload(model="m", prompt="p", video_name="v")
+)
+
+
+def sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+CLIENTS = f"""
+[[clients]]
+name = "image-frontend"
+token_sha256 = "{sha256(TOKEN)}"
+mtls_identity = "image-frontend.internal"
+task_types = ["images.*"]
+user_ids = "^[0-9]+$"
+
+[[clients]]
+name = "throttled"
+token_sha256 = "{sha256("throttled-token")}"
+task_types = ["*"]
+rate_per_second = 5
+burst = 2
+"""
+
+
+@dataclasses.dataclass
+class Pki:
+    """A CA, the gateway's certificate from it, a client's, and a client's from another CA."""
+
+    directory: Path
+    ca: trustme.CA
+    other_ca: trustme.CA
+
+    def path(self, name: str) -> str:
+        return str(self.directory / name)
+
+    def client(self, identity: str, ca: trustme.CA | None = None) -> tuple[bytes, bytes]:
+        """(key, certificate chain) of a client certificate naming `identity` (a SAN DNS)."""
+        issued = (ca or self.ca).issue_cert(identity)
+        return issued.private_key_pem.bytes(), issued.cert_chain_pems[0].bytes()
+
+    def server_files(self, ca: trustme.CA, prefix: str) -> TlsSettings:
+        issued = ca.issue_cert("localhost", "127.0.0.1")
+        issued.cert_chain_pems[0].write_to_path(self.path(f"{prefix}.crt"))
+        issued.private_key_pem.write_to_path(self.path(f"{prefix}.key"))
+        return TlsSettings(self.path(f"{prefix}.crt"), self.path(f"{prefix}.key"))
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    ca, other = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    other.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    (tmp_path / "clients.toml").write_text(CLIENTS)
+    return Pki(tmp_path, ca, other)
+
+
+def memory_broker() -> MemoryBroker:
+    return MemoryBroker(Definitions.load(DEFINITIONS))
+
+
+def secured(pki: Pki, *, mutual: bool = False, auth: bool = False, admin: bool = False) -> Settings:
+    """Settings with TLS on both listeners (mutual with `mutual`), and auth and admin on."""
+    tls = pki.server_files(pki.ca, "server")
+    if mutual:
+        tls = dataclasses.replace(tls, client_ca_file=pki.path("ca.pem"))
+    settings = make_settings()
+    settings = replace_settings(settings, "grpc", tls=tls)
+    settings = replace_settings(settings, "server", tls=tls)
+    if auth:
+        settings = dataclasses.replace(
+            settings, auth=AuthSettings("required", pki.path("clients.toml"))
+        )
+    if admin:
+        settings = dataclasses.replace(settings, admin=AdminSettings(f"127.0.0.1:{free_port()}"))
+    return settings
+
+
+@pytest.fixture
+async def gateways() -> AsyncIterator[list[Gateway]]:
+    """Gateways the test starts (with its own settings), stopped after it."""
+    started: list[Gateway] = []
+    yield started
+    for gateway in reversed(started):
+        await gateway.stop(grace=1)
+
+
+async def start(gateways: list[Gateway], settings: Settings, broker: Any = None) -> Gateway:
+    gateway = Gateway(settings, broker=broker or memory_broker())
+    await gateway.start()
+    gateways.append(gateway)
+    return gateway
+
+
+def tls_channel(
+    pki: Pki, port: int, client: tuple[bytes, bytes] | None = None, ca: str = "ca.pem"
+) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(pki.path(ca)).read_bytes(),
+        private_key=client[0] if client else None,
+        certificate_chain=client[1] if client else None,
+    )
+    return grpc.aio.secure_channel(f"localhost:{port}", credentials)
+
+
+def https(pki: Pki, client: tuple[bytes, bytes] | None = None, ca: str = "ca.pem") -> Any:
+    context = ssl.create_default_context(cafile=pki.path(ca))
+    if client is not None:
+        key, chain = pki.directory / "client.key", pki.directory / "client.crt"
+        key.write_bytes(client[0])
+        chain.write_bytes(client[1])
+        context.load_cert_chain(str(chain), str(key))
+    return aiohttp.TCPConnector(ssl=context, force_close=True)
+
+
+async def _code(call: Any) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+async def test_tls_listeners_answer_over_tls_and_refuse_plaintext(
+    gateways: list[Gateway], pki: Pki
+) -> None:
+    """gRPC and REST answer over TLS; a plaintext gRPC call or HTTP request gets nowhere."""
+    gateway = await start(gateways, secured(pki))
+    assert gateway.grpc_port is not None
+
+    async with tls_channel(pki, gateway.grpc_port) as channel:
+        answer = await images_pb2_grpc.ImagesServiceStub(channel).Generate(IMAGES, timeout=10)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as plain:
+        plaintext = await _code(
+            images_pb2_grpc.ImagesServiceStub(plain).Generate(IMAGES, timeout=5)
+        )
+    async with (
+        aiohttp.ClientSession(connector=https(pki)) as http,
+        http.get(f"https://localhost:{gateway.http_port}/healthz") as ok,
+    ):
+        assert ok.status == 200
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientError):
+            async with http.get(f"http://127.0.0.1:{gateway.http_port}/healthz"):
+                pass
+
+    assert answer.task_key.startswith("42:image-generation:")
+    assert plaintext == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mutual_tls_wants_a_client_certificate_of_the_ca(
+    gateways: list[Gateway], pki: Pki
+) -> None:
+    """With client_ca_file: no client certificate fails, one from another CA fails, a good one
+    calls, over gRPC and over HTTPS."""
+    gateway = await start(gateways, secured(pki, mutual=True))
+    assert gateway.grpc_port is not None
+    good = pki.client("someone.internal")
+    stranger = pki.client("someone.internal", pki.other_ca)
+
+    codes = []
+    for client in (None, stranger, good):
+        async with tls_channel(pki, gateway.grpc_port, client) as channel:
+            codes.append(
+                await _code(images_pb2_grpc.ImagesServiceStub(channel).Generate(IMAGES, timeout=5))
+            )
+    statuses = []
+    for client in (None, stranger, good):
+        async with aiohttp.ClientSession(connector=https(pki, client)) as http:
+            try:
+                async with http.get(f"https://localhost:{gateway.http_port}/healthz") as answer:
+                    statuses.append(answer.status)
+            except aiohttp.ClientError:
+                statuses.append(None)
+
+    assert codes == [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK]
+    assert statuses == [None, None, 200]
+
+
+async def test_a_certificate_replaced_on_disk_is_served_to_new_connections(
+    gateways: list[Gateway], pki: Pki
+) -> None:
+    """Certificate files replaced by a rename (as Kubernetes does) are served to the next
+    connections on both listeners, without a restart."""
+    settings = secured(pki)
+    gateway = await start(gateways, settings)
+    assert gateway.grpc_port is not None
+    renewed = pki.server_files(pki.other_ca, "renewed")  # from another CA: easy to tell apart
+    os.replace(renewed.cert_file, settings.grpc.tls.cert_file)
+    os.replace(renewed.key_file, settings.grpc.tls.key_file)
+
+    async with asyncio.timeout(5):  # the HTTP listener looks at its files every second
+        while True:
+            async with tls_channel(pki, gateway.grpc_port, ca="other-ca.pem") as channel:
+                grpc_code = await _code(
+                    images_pb2_grpc.ImagesServiceStub(channel).Generate(IMAGES, timeout=5)
+                )
+            try:
+                async with (
+                    aiohttp.ClientSession(connector=https(pki, ca="other-ca.pem")) as http,
+                    http.get(f"https://localhost:{gateway.http_port}/healthz") as answer,
+                ):
+                    http_status = answer.status
+            except aiohttp.ClientError:
+                http_status = None
+            if grpc_code == grpc.StatusCode.OK and http_status == 200:
+                break
+            await asyncio.sleep(0.2)
+
+
+async def test_an_unreadable_certificate_stops_start_up_naming_the_setting(pki: Pki) -> None:
+    """A missing key file is a ConfigError naming grpc.tls.key_file."""
+    settings = secured(pki)
+    settings = replace_settings(
+        settings,
+        "grpc",
+        tls=dataclasses.replace(settings.grpc.tls, key_file=pki.path("missing.key")),
+    )
+
+    with pytest.raises(ConfigError, match=r"grpc\.tls\.key_file: cannot read .*missing\.key"):
+        Gateway(settings, broker=memory_broker())
+
+
+async def test_the_admin_listener_answers_probes_while_mutual_tls_is_required(
+    gateways: list[Gateway], pki: Pki
+) -> None:
+    """Plaintext /healthz, /readyz and /metrics on admin.address, no client certificate."""
+    gateway = await start(gateways, secured(pki, mutual=True, admin=True))
+
+    async with aiohttp.ClientSession() as http:
+        statuses = {}
+        for path in ("/healthz", "/readyz", "/metrics", "/api/v1/task-types"):
+            async with http.get(f"http://127.0.0.1:{gateway.admin_port}{path}") as answer:
+                statuses[path] = answer.status
+
+    assert statuses == {"/healthz": 200, "/readyz": 200, "/metrics": 200, "/api/v1/task-types": 404}
+
+
+# --- authentication and authorisation --------------------------------------------------------
+
+
+@pytest.fixture
+async def guarded(gateways: list[Gateway], pki: Pki) -> AsyncIterator[Any]:
+    """A gateway requiring auth (plaintext), its broker, and a way to call it."""
+    broker = memory_broker()
+    settings = dataclasses.replace(
+        make_settings(), auth=AuthSettings("required", pki.path("clients.toml"))
+    )
+    gateway = await start(gateways, settings, broker)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}")
+    yield gateway, broker, channel
+    await channel.close()
+
+
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def test_no_token_and_an_unknown_token_are_unauthenticated(guarded: Any) -> None:
+    """UNAUTHENTICATED / 401 with WWW-Authenticate: Bearer, saying what is missing."""
+    gateway, broker, channel = guarded
+    stub = images_pb2_grpc.ImagesServiceStub(channel)
+    errors = []
+    for metadata in ((), bearer(OTHER_TOKEN)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Generate(IMAGES, metadata=metadata, timeout=5)
+        errors.append((caught.value.code(), caught.value.details()))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{gateway.http_port}/api/v1/images/generate",
+            json={"user_id": "42", "payload": {"model": "m", "prompt": "p", "image_name": "n"}},
+            headers={"Authorization": f"Bearer {OTHER_TOKEN}"},
+        ) as answer,
+    ):
+        status, challenge = answer.status, answer.headers.get("WWW-Authenticate")
+
+    assert errors == [
+        (grpc.StatusCode.UNAUTHENTICATED, "no bearer token and no client certificate"),
+        (grpc.StatusCode.UNAUTHENTICATED, "token not recognised"),
+    ]
+    assert (status, challenge) == (401, "Bearer")
+    assert broker.messages("images.queue") == []
+
+
+async def test_a_client_publishes_only_its_task_types_and_user_ids(guarded: Any) -> None:
+    """images.* only: videos.generate and a user_id outside ^[0-9]+$ are PERMISSION_DENIED,
+    naming the client, and nothing of them lands."""
+    _, broker, channel = guarded
+    images, videos = (
+        images_pb2_grpc.ImagesServiceStub(channel),
+        videos_pb2_grpc.VideosServiceStub(channel),
+    )
+    answer = await images.Generate(IMAGES, metadata=bearer(TOKEN), timeout=5)
+    refusals = []
+    for call in (
+        videos.Generate(VIDEOS, metadata=bearer(TOKEN), timeout=5),
+        images.Generate(
+            images_pb2.GenerateRequest(user_id="not-digits", payload=IMAGES.payload),
+            metadata=bearer(TOKEN),
+            timeout=5,
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        refusals.append((caught.value.code(), caught.value.details()))
+
+    assert answer.task_key.startswith("42:")
+    assert refusals == [
+        (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "client 'image-frontend' may not publish 'videos.generate'",
+        ),
+        (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "client 'image-frontend' may not publish for this user_id",
+        ),
+    ]
+    assert len(broker.messages("images.queue")) == 1
+    assert broker.messages("videos.queue") == []
+
+
+async def test_in_a_batch_only_the_forbidden_entry_fails(guarded: Any) -> None:
+    """A batch of an allowed and a forbidden task: one key, one PERMISSION_DENIED."""
+    _, broker, channel = guarded
+    allowed, forbidden = gateway_pb2.TaskEntry(), gateway_pb2.TaskEntry()
+    allowed.typed.Pack(IMAGES)
+    forbidden.typed.Pack(VIDEOS)
+
+    answer = await gateway_pb2_grpc.TaskGatewayServiceStub(channel).PublishBatch(
+        gateway_pb2.PublishBatchRequest(entries=[allowed, forbidden]),
+        metadata=bearer(TOKEN),
+        timeout=5,
+    )
+
+    assert answer.results[0].task_key
+    assert answer.results[1].error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert len(broker.messages("images.queue")) == 1
+    assert broker.messages("videos.queue") == []
+
+
+async def test_the_catalog_and_errors_name_only_what_the_client_may_publish(guarded: Any) -> None:
+    """ListTaskTypes lists images.* only; an unknown task type lists only those; the schema of
+    a task type the client may not publish is NOT_FOUND, as an unknown one."""
+    _, _, channel = guarded
+    stub = gateway_pb2_grpc.TaskGatewayServiceStub(channel)
+
+    catalog = await stub.ListTaskTypes(
+        gateway_pb2.ListTaskTypesRequest(), metadata=bearer(TOKEN), timeout=5
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await stub.Publish(
+            gateway_pb2.PublishRequest(user_id="42", task_type="images.upscale"),
+            metadata=bearer(TOKEN),
+            timeout=5,
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as schema:
+        await stub.GetTaskTypeSchema(
+            gateway_pb2.GetTaskTypeSchemaRequest(task_type="videos.generate"),
+            metadata=bearer(TOKEN),
+            timeout=5,
+        )
+
+    assert [t.task_type for t in catalog.task_types] == ["images.edit", "images.generate"]
+    assert "known task types: images.edit, images.generate" in unknown.value.details()
+    assert "videos" not in unknown.value.details()
+    assert schema.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "videos" not in schema.value.details().split(";")[1]
+
+
+async def test_reflection_needs_a_client_and_health_does_not(guarded: Any) -> None:
+    """Reflection is UNAUTHENTICATED without a token and answers with one; health is open."""
+    gateway, _, channel = guarded
+    reflect = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+
+    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+        async for _ in reflect(iter([request]), timeout=5):
+            pass
+    listed = [r async for r in reflect(iter([request]), metadata=bearer(TOKEN), timeout=5)]
+    health = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=5
+    )
+
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "images.v1.ImagesService" in [s.name for s in listed[0].list_services_response.service]
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+            async with http.get(f"http://127.0.0.1:{gateway.http_port}{path}") as answer:
+                assert answer.status == 200, path
+
+
+async def test_a_client_certificate_names_the_client(gateways: list[Gateway], pki: Pki) -> None:
+    """Under mutual TLS and auth, a certificate whose SAN is a client's mtls_identity is that
+    client, with its permissions; one naming no client is UNAUTHENTICATED."""
+    gateway = await start(gateways, secured(pki, mutual=True, auth=True))
+    assert gateway.grpc_port is not None
+    codes = {}
+    for identity in ("image-frontend.internal", "nobody.internal"):
+        async with tls_channel(pki, gateway.grpc_port, pki.client(identity)) as channel:
+            videos = videos_pb2_grpc.VideosServiceStub(channel)
+            images = images_pb2_grpc.ImagesServiceStub(channel)
+            codes[identity] = (
+                await _code(images.Generate(IMAGES, timeout=5)),
+                await _code(videos.Generate(VIDEOS, timeout=5)),
+            )
+
+    assert codes == {
+        "image-frontend.internal": (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED),
+        "nobody.internal": (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAUTHENTICATED),
+    }
+
+
+async def test_over_its_quota_a_client_is_told_when_to_come_back(guarded: Any) -> None:
+    """Rate 5/s, burst 2: the third task at once is RESOURCE_EXHAUSTED with RetryInfo, and
+    over REST 429 with Retry-After; nothing of the refused lands."""
+    gateway, broker, channel = guarded
+    stub = images_pb2_grpc.ImagesServiceStub(channel)
+    token = bearer("throttled-token")
+    for _ in range(2):
+        await stub.Generate(IMAGES, metadata=token, timeout=5)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Generate(IMAGES, metadata=token, timeout=5)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{gateway.http_port}/api/v1/images/generate",
+            json={"user_id": "42", "payload": {"model": "m", "prompt": "p", "image_name": "n"}},
+            headers={"Authorization": "Bearer throttled-token"},
+        ) as answer,
+    ):
+        status, retry_after = answer.status, answer.headers.get("Retry-After")
+
+    from google.rpc import error_details_pb2
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = rpc_status.from_call(caught.value)
+    assert details is not None
+    (packed,) = details.details
+    info = error_details_pb2.RetryInfo()
+    assert packed.Unpack(info)
+    assert 0 < info.retry_delay.ToNanoseconds() <= 200_000_000  # a token every 0.2 s
+    assert (status, retry_after) == (429, "1")
+    assert len(broker.messages("images.queue")) == 2
