@@ -60,6 +60,8 @@ __all__ = ["RabbitBroker", "TlsFiles", "redact", "tls_context"]
 log = structlog.get_logger(logger_name="gateway.broker.rabbit")
 
 _FIRST_BACKOFF_SECONDS = 0.1
+# A channel that got nothing but nacks for this long is replaced (see _Link.nacked).
+_STUCK_AFTER_SECONDS = 1.0
 
 # What aiormq raises when a channel or connection goes away under a publish or a declare.
 _LOST = (
@@ -139,6 +141,12 @@ class _Link:
     publishing: int = 0
     # How many were in flight when the broker closed the channel for a missing exchange.
     in_flight_at_close: int | None = None
+    # Since when (loop time) every publish settled was nacked; None after an ack.
+    nacked_since: float | None = None
+    # Set when the channel should be replaced by a new one (see `nacked`).
+    stuck: asyncio.Event = field(default_factory=asyncio.Event)
+    # Replaced: the channel closes once its last publish settled.
+    retired: bool = False
 
     @property
     def usable(self) -> bool:
@@ -148,9 +156,31 @@ class _Link:
             and _close_reason(self.channel) is None
         )
 
-    async def lost(self) -> None:
-        """Until the channel closes, by itself or with its connection."""
-        await asyncio.wait((self.channel.closing,))
+    def acked(self) -> None:
+        self.nacked_since = None
+
+    def nacked(self) -> None:
+        """Count a nack; a channel that got nothing but nacks for a while is stuck.
+
+        RabbitMQ 3.10 can leave a channel nacking every publish to a quorum queue for good: a
+        channel that first publishes to it while its leader's node is down (a failover under
+        way) keeps asking that node, and rejects each publish without sending it. A new
+        channel asks the new leader. A queue that is really full (reject-publish) nacks on
+        the new channel too: then the cost is one channel a second.
+        """
+        now = asyncio.get_running_loop().time()
+        if self.nacked_since is None:
+            self.nacked_since = now
+        elif now - self.nacked_since >= _STUCK_AFTER_SECONDS:
+            self.stuck.set()
+
+    async def lost_or_stuck(self) -> None:
+        """Until the channel closes (by itself or with its connection) or is found stuck."""
+        stuck = asyncio.ensure_future(self.stuck.wait())
+        try:
+            await asyncio.wait((self.channel.closing, stuck), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stuck.cancel()
 
 
 @dataclass(eq=False)
@@ -290,11 +320,13 @@ class RabbitBroker(Broker):
                 wait=False,
             )
             outcome = "ack"
+            link.acked()
         except aiormq.exceptions.PublishError:
             outcome = "returned"
             raise unroutable(envelope.exchange, envelope.routing_key) from None
         except aiormq.exceptions.DeliveryError as exc:
             outcome = "nack"
+            link.nacked()
             # RabbitMQ nacks a message that one of the queues it routes to refused (a full
             # reject-publish queue, a quorum queue without a majority) and keeps it in the
             # others: whether a consumer will see it is unknown.
@@ -317,6 +349,8 @@ class RabbitBroker(Broker):
             raise _lost_in_flight(type(exc).__name__) from None
         finally:
             link.publishing -= 1
+            if link.retired and not link.publishing:
+                self._in_background(link.channel.close())
             metrics.PUBLISH_SECONDS.labels(envelope.exchange).observe(time.perf_counter() - sent)
             metrics.OUTCOMES.labels(envelope.exchange, outcome).inc()
 
@@ -594,7 +628,10 @@ class RabbitBroker(Broker):
                 exchange=lane.exchange,
                 url=redact(link.url),
             )
-            await link.lost()
+            await link.lost_or_stuck()
+            while link.stuck.is_set() and link.usable and not self._closing:
+                link = lane.link = await self._renew(lane, link)
+                await link.lost_or_stuck()
             if self._closing:
                 return
             if _close_reason(link.channel) is not None:
@@ -610,6 +647,32 @@ class RabbitBroker(Broker):
                 next_url=redact(url),
             )
             self._attempt(lane, url)
+
+    async def _renew(self, lane: _Lane, link: _Link) -> _Link:
+        """A new confirm channel on the link's connection; the stuck one closes once the
+        publishes in flight on it settled. The same link when that fails (the connection is
+        going: the keeper sees it lost)."""
+        log.warning(
+            "RabbitMQ nacked every publish of an exchange for a while; opening a new channel",
+            exchange=lane.exchange,
+            url=redact(link.url),
+            nacked_for_seconds=round(_STUCK_AFTER_SECONDS, 1),
+        )
+        try:
+            fresh = await self._open_channel(link.url, link.connection)
+        except _UNREACHABLE:
+            link.stuck.clear()
+            return link
+        link.retired = True
+        if not link.publishing:
+            self._in_background(link.channel.close())
+        return fresh
+
+    async def _open_channel(self, url: str, connection: AbstractConnection) -> _Link:
+        channel = await _uncancelled(
+            connection.channel(publisher_confirms=True, on_return_raises=True)
+        )
+        return _Link(url, connection, cast(aiormq.Channel, await channel.get_underlay_channel()))
 
     def _lane_address(self, after: str, *, to_control: bool) -> str:
         """Where a lane tries next, having lost or failed to reach `after`: the control
@@ -631,11 +694,7 @@ class RabbitBroker(Broker):
             finally:
                 if not probe.is_closed:
                     await probe.close()
-            channel = await _uncancelled(
-                connection.channel(publisher_confirms=True, on_return_raises=True)
-            )
-            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-            return _Link(url, connection, underlay)
+            return await self._open_channel(url, connection)
         except BaseException:
             with contextlib.suppress(*_LOST, OSError):
                 await connection.close()
