@@ -88,7 +88,8 @@ class RabbitNode:
     keeps running while the node boots, stops or answers `rabbitmqctl`.
 
     `definitions`: loaded at every boot (None: only the test user); `cookie` and `password`:
-    the Erlang cookie and the test user's password, the same on every node of a cluster.
+    the Erlang cookie and the test user's password, the same on every node of a cluster;
+    `config`: more lines of rabbitmq.conf.
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class RabbitNode:
         tls: NodeTls | None = None,
         cookie: str | None = None,
         password: str | None = None,
+        config: Sequence[str] = (),
     ) -> None:
         scripts = find_scripts()
         if scripts is None:
@@ -113,6 +115,7 @@ class RabbitNode:
         self._password = password or secrets.token_urlsafe(16)
         self._cookie = cookie or secrets.token_hex(20).upper()
         self._tls = tls
+        self._config = tuple(config)
         self.boot_seconds: list[float] = []
         self._child: procs.Child | None = None
         self._queues: tuple[str, ...] = ()  # what readiness waits for: the definitions' queues
@@ -129,6 +132,11 @@ class RabbitNode:
             raise RuntimeError(f"{self.node} has no AMQPS listener (no NodeTls)")
         login = f"{self.user}:{self._password}@" if password else ""
         return f"amqps://{login}127.0.0.1:{self.amqps_port}/"
+
+    @property
+    def ctl_line(self) -> str:
+        """A shell line that runs rabbitmqctl against this node by hand (append the command)."""
+        return f"HOME={self.base / 'home'} {self._ctl_script} -n {self.node}"
 
     @property
     def running_pid(self) -> int | None:
@@ -183,6 +191,7 @@ class RabbitNode:
             "vm_memory_high_watermark.relative = 0.4",
             "log.console = false",
             "log.file.level = info",
+            *self._config,
         ]
         plugins = []
         if self._tls is not None:
@@ -334,6 +343,31 @@ class RabbitNode:
             raise RuntimeError(
                 f"rabbitmqctl {' '.join(args)} failed ({process.returncode}): "
                 f"{stderr.decode(errors='replace').strip() or stdout.decode(errors='replace')}"
+            )
+        return stdout.decode()
+
+    async def run_ctl_script(self, argv: Sequence[str], stdin: bytes) -> str:
+        """Run a script that calls `$RABBITMQCTL` (deploy/rabbitmq/users.sh) against this node,
+        `stdin` on its standard input; its stdout, or RuntimeError with its stderr."""
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=self.base,
+            env={**self._env, "RABBITMQCTL": f"{self._ctl_script} -n {self.node}"},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(
+                process.communicate(stdin), _CTL_TIMEOUT_SECONDS
+            )
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise RuntimeError(f"{argv[0]} timed out after {_CTL_TIMEOUT_SECONDS}s") from None
+        if process.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(argv)} failed ({process.returncode}): {stderr.decode(errors='replace')}"
             )
         return stdout.decode()
 
