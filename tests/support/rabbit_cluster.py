@@ -21,6 +21,7 @@ import contextlib
 import json
 import secrets
 import shutil
+import signal
 import sys
 import time
 from collections import Counter
@@ -147,16 +148,18 @@ async def _run_by_hand(base: Path) -> None:
             print(f"    {node.ctl_line} stop_app   # or start_app, cluster_status, ...")
         print("\nRun a gateway on it:\n")
         print(f"  TASK_GATEWAY__BROKER__ADDRESS={','.join(cluster.gateway_urls)} make run\n")
-        print("Ctrl-C stops the cluster.")
-        await asyncio.Event().wait()
+        print("Ctrl-C (or SIGTERM) stops the cluster.", flush=True)
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        await stop.wait()
     finally:
         await cluster.close()
 
 
 def main(argv: Sequence[str]) -> int:
-    base = Path(argv[0]) if argv else ROOT / "build" / "cluster"
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_by_hand(base))
+    base = (Path(argv[0]) if argv else ROOT / "build" / "cluster").resolve()
+    asyncio.run(_run_by_hand(base))
     return 0
 
 
