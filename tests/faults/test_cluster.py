@@ -110,7 +110,6 @@ async def test_a_node_lost_at_a_time_loses_no_task(cluster: RabbitCluster, tmp_p
     probes: list[Answer] = []
     try:
         await asyncio.gather(*(process.start() for process in processes))
-        pids = [process.child.pid for process in processes if process.child]
         async with contextlib.AsyncExitStack() as stack:
             sides = []
             for process in processes:
@@ -142,8 +141,7 @@ async def test_a_node_lost_at_a_time_loses_no_task(cluster: RabbitCluster, tmp_p
             health_notes = [
                 f"{side.name} health: {' '.join(side.health.names())}" for side in sides
             ]
-        assert [process.child.pid for process in processes if process.child] == pids
-        assert all(process.alive for process in processes), "no gateway restarted or died"
+        assert all(process.alive for process in processes), "a gateway process died"
     finally:
         await asyncio.gather(*(process.stop() for process in processes))
 
