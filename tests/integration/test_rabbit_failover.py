@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
+import aio_pika
 import pytest
 import structlog.testing
 from yarl import URL
@@ -139,3 +140,16 @@ async def test_a_publish_never_waits_for_a_node_not_known_to_be_up(
     assert caught.value.code is Code.UNAVAILABLE
     assert "nothing was published" in caught.value.message
     assert len(await topology.drain("images.queue")) == 2
+
+
+async def test_aiormq_has_the_write_queue_released_after_a_loss(rabbitmq_url: str) -> None:
+    """A live aio-pika connection's aiormq connection has the bounded write queue that
+    `_release_writers` empties once the connection is lost."""
+    connection = await aio_pika.connect(rabbitmq_url)
+    try:
+        queue = connection.transport.connection.write_queue  # type: ignore[union-attr]
+
+        assert isinstance(queue, asyncio.Queue)
+        assert queue.maxsize > 0, "publishes can wait for room in it"
+    finally:
+        await connection.close()

@@ -12,14 +12,18 @@
   when the lane's connection goes, it reconnects at once to the control connection's node (a
   node known to be up) or, when that is the node it lost or there is no control connection,
   to the next address, rotating through them with backoff as the supervisor does; the
-  supervisor cuts a lane's backoff short when it reaches a node. A lane lives as long as its
-  own connection: losing the control connection, or another exchange's lane, fails no publish
-  on it.
+  supervisor cuts a lane's backoff short when it reaches a node. When the broker closed only
+  the lane's channel (a missing exchange), it reconnects to the same node. A lane lives as
+  long as its own connection: losing the control connection, or another exchange's lane,
+  fails no publish on it.
 - A publish never waits for a connection to a node that is not known to be up: it goes out on
   the lane's open connection, or waits for the lane's connection attempt when that attempt is
-  to the control connection's node, or else fails at once with UNAVAILABLE (the broker is
-  away, or the lane is between two attempts). Publishes in flight when their connection goes
-  fail with UNAVAILABLE and an unknown outcome: the broker may have stored them.
+  to the control connection's node (or to the node that just closed the lane's channel), or
+  else fails at once with UNAVAILABLE (the broker is away, or the lane is between two
+  attempts). Publishes in flight when their connection goes fail with UNAVAILABLE and an
+  unknown outcome: the broker may have stored them.
+- A lane whose every publish was nacked for a second replaces its channel (see
+  `_Link.nacked`: a RabbitMQ 3.10 channel can stay stuck after a failover).
   Why a connection per exchange: a publish to an exchange deleted at run time makes the
   broker close the channel it travelled on, and aiormq may then still write publishes that
   were waiting behind its channel lock after the Channel.CloseOk, which the broker answers by
@@ -192,6 +196,8 @@ class _Lane:
     # The connection attempt under way, and its address; None between two attempts.
     attempt: asyncio.Future[_Link] | None = None
     target: str = ""
+    # Whether the attempt's node is known to be up: publishes wait for it then.
+    target_up: bool = False
     # Set by the supervisor when it reached a node: a lane waiting to try again tries now.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     keeper: asyncio.Task[None] | None = None
@@ -531,13 +537,15 @@ class RabbitBroker(Broker):
         lane = self._lanes.get(exchange)
         if lane is not None and lane.link is not None and lane.link.usable:
             return lane.link  # every publish but the first few after a (re)connect: no await
-        control_up = self._control_up()
         if lane is None:
-            if not control_up:
+            if not self._control_up():
                 raise self._away()  # neither a lane nor a control connection: the broker is away
             lane = self._start_lane(exchange)
+        elif lane.attempt is None and lane.link is not None:
+            # Its link just broke, and its keeper has not seen it yet: try again now.
+            self._attempt(lane, *self._after_loss(lane.link))
         attempt = lane.attempt
-        if attempt is None or not control_up or lane.target != self._url:
+        if attempt is None or not lane.target_up:
             raise GatewayError(
                 Code.UNAVAILABLE,
                 f"no connection to RabbitMQ for exchange {exchange!r} at the moment "
@@ -568,7 +576,7 @@ class RabbitBroker(Broker):
     def _start_lane(self, exchange: str) -> _Lane:
         """A lane for the exchange, its first attempt to the control connection's node."""
         lane = _Lane(exchange)
-        self._attempt(lane, self._url)
+        self._attempt(lane, self._url, up=True)
         lane.keeper = asyncio.create_task(
             self._keep_lane(lane),
             name=f"rabbitmq-lane {exchange}",
@@ -578,8 +586,9 @@ class RabbitBroker(Broker):
         self._lanes[exchange] = lane
         return lane
 
-    def _attempt(self, lane: _Lane, url: str) -> None:
-        lane.target = url
+    def _attempt(self, lane: _Lane, url: str, up: bool) -> None:
+        """Start connecting the lane to `url`; `up`: a node known to be up (publishes wait)."""
+        lane.target, lane.target_up = url, up
         lane.wake.clear()  # from here on, a supervisor that reaches a node cuts the wait short
         lane.attempt = _shared(self._open_link(url, lane.exchange), context=contextvars.Context())
 
@@ -619,7 +628,8 @@ class RabbitBroker(Broker):
                     log.exception("unexpected error opening a RabbitMQ publishing lane", **fields)
                 woken = await _wait(lane.wake, backoff)
                 backoff = min(backoff * 2, self._max_backoff)
-                self._attempt(lane, self._lane_address(failed, to_control=woken))
+                url = self._lane_address(failed, to_control=woken)
+                self._attempt(lane, url, up=self._control_up() and url == self._url)
                 continue
             lane.link, lane.attempt = link, None
             backoff = _FIRST_BACKOFF_SECONDS
@@ -635,18 +645,26 @@ class RabbitBroker(Broker):
             if self._closing:
                 return
             if _close_reason(link.channel) is not None:
-                # The broker closed the channel (a missing exchange): the node is fine.
                 self._in_background(link.connection.close())
-                url = link.url
-            else:  # the connection went, with its node or the network: try another
-                url = self._lane_address(link.url, to_control=True)
+            else:
+                self._in_background(_release_writers(link.connection))
+            if lane.attempt is None:  # else a publish saw the loss first and started it
+                self._attempt(lane, *self._after_loss(link))
             log.warning(
                 "lost the connection for an exchange's publishes; reconnecting",
                 exchange=lane.exchange,
                 url=redact(link.url),
-                next_url=redact(url),
+                next_url=redact(lane.target),
             )
-            self._attempt(lane, url)
+
+    def _after_loss(self, link: _Link) -> tuple[str, bool]:
+        """Where a lane goes after losing `link`, and whether that node is known to be up."""
+        if _close_reason(link.channel) is not None:
+            # The broker closed the channel (a missing exchange): the node is fine.
+            return link.url, True
+        # The connection went, with its node or the network: try another.
+        url = self._lane_address(link.url, to_control=True)
+        return url, self._control_up() and url == self._url
 
     async def _renew(self, lane: _Lane, link: _Link) -> _Link:
         """A new confirm channel on the link's connection; the stuck one closes once the
@@ -749,6 +767,21 @@ def _close_reason(channel: aiormq.abc.AbstractChannel) -> BaseException | None:
     """Why the broker closed a channel; aiormq sets this before the channel reads as closed."""
     reason = getattr(channel, "_close_exception", None)
     return reason if isinstance(reason, BaseException) else None
+
+
+async def _release_writers(connection: AbstractConnection) -> None:
+    """Let the publishes still waiting to write on a dead connection through, to fail.
+
+    aiormq's writer stops with its connection, and its write queue holds ten frames: a publish
+    waiting for room in it would wait forever, as nothing fails it. Let through, each goes on
+    to its confirm, which the closed connection has already failed (lost, outcome unknown).
+    """
+    underlay: Any = getattr(connection.transport, "connection", None)
+    queue = getattr(underlay, "write_queue", None)
+    while isinstance(queue, asyncio.Queue) and not queue.empty():
+        while not queue.empty():
+            queue.get_nowait()
+        await asyncio.sleep(0)  # the publishes let through put their frames, and go on
 
 
 def _is_blocked(connection: AbstractConnection) -> bool:
