@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: run test test-unit test-node test-faults soak bench generate generate-check lint breaking fmt clean
+.PHONY: run test test-unit test-node test-faults cluster soak bench generate generate-check lint breaking fmt clean
 
 run: $(INSTALLED) ## Run the gateway (in-memory broker unless TASK_GATEWAY__BROKER__ADDRESS is set)
 	$(PY) -m gateway
@@ -26,8 +26,14 @@ $(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
 test-node: $(INSTALLED) $(NODE_CLIENT) ## The TypeScript client's tests (builds it first)
 	cd clients/node && TASK_GATEWAY_PYTHON=$(abspath $(PY)) npm test
 
-test-faults: $(INSTALLED) ## Fault injection on private RabbitMQ nodes (part of `test`; ~1.5 min)
+test-faults: $(INSTALLED) ## Fault injection on private RabbitMQ nodes and a 3-node cluster (part of `test`; ~2.5 min)
 	$(PY) -m pytest tests/faults -rA
+
+# Three private RabbitMQ nodes (the installed rabbitmq-server) clustered under build/cluster,
+# with deploy/rabbitmq/definitions.production.json and the gateway's user; prints the
+# TASK_GATEWAY__BROKER__ADDRESS for a gateway. tests/faults/test_cluster.py starts its own.
+cluster: $(INSTALLED) ## A 3-node RabbitMQ cluster with the production topology, until Ctrl-C
+	$(PY) -m tests.support.rabbit_cluster build/cluster
 
 soak: $(INSTALLED) ## Minutes of load with RabbitMQ faults at random moments; lost must be 0
 	$(PY) -m tests.faults.soak

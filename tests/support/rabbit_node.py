@@ -5,8 +5,12 @@ Erlang cookie and data, log and config directories of its own, so nothing a test
 reach the shared broker at 127.0.0.1:5672: every `rabbitmqctl` call names this node and carries
 this node's cookie (a private HOME), which the shared node would refuse.
 
-It boots with `deploy/rabbitmq/definitions.json`, loaded the way `deploy/rabbitmq/rabbitmq.conf`
-loads it (`definitions.local.path`, `local_filesystem` backend), plus a test user.
+It boots with a definitions file (`deploy/rabbitmq/definitions.json` for the fault suite),
+loaded the way `deploy/rabbitmq/rabbitmq.conf` loads it (`definitions.local.path`,
+`local_filesystem` backend), plus a test user. Optionally it also listens for AMQPS (`NodeTls`:
+verify_peer, and the EXTERNAL mechanism of the `rabbitmq_auth_mechanism_ssl` plugin, enabled
+in the node's own `enabled_plugins` file), and shares an Erlang cookie and its test user's
+password with other nodes, for a cluster (`tests.support.rabbit_cluster`).
 """
 
 from __future__ import annotations
@@ -19,15 +23,19 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 
 from tests.support import procs
 from tests.support.ports import accepts, free_port
 
-__all__ = ["RabbitNode", "find_scripts"]
+__all__ = ["NodeTls", "RabbitNode", "find_scripts"]
 
 # Variables of the caller's environment that would point the node at another configuration.
 _INHERITED_PREFIXES = ("RABBITMQ_", "ERL_")
@@ -64,11 +72,36 @@ def _password_hash(password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
+@dataclass(frozen=True)
+class NodeTls:
+    """An AMQPS listener: the node's certificate and key, the CA it verifies clients with, and
+    the users that log in with a client certificate (EXTERNAL), named by its common name."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    certificate_users: Sequence[str] = ()
+
+
 class RabbitNode:
     """One private RabbitMQ node under `base`; async, so the event loop (and the gateway in it)
-    keeps running while the node boots, stops or answers `rabbitmqctl`."""
+    keeps running while the node boots, stops or answers `rabbitmqctl`.
 
-    def __init__(self, base: Path, definitions: Path) -> None:
+    `definitions`: loaded at every boot (None: only the test user); `cookie` and `password`:
+    the Erlang cookie and the test user's password, the same on every node of a cluster;
+    `config`: more lines of rabbitmq.conf.
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        definitions: Path | None,
+        *,
+        tls: NodeTls | None = None,
+        cookie: str | None = None,
+        password: str | None = None,
+        config: Sequence[str] = (),
+    ) -> None:
         scripts = find_scripts()
         if scripts is None:
             raise RuntimeError("rabbitmq-server or rabbitmqctl is not on PATH")
@@ -76,16 +109,42 @@ class RabbitNode:
         self.base = base
         self.node = f"gwtest-{secrets.token_hex(4)}@localhost"
         self.amqp_port = free_port()
+        self.amqps_port = free_port() if tls is not None else 0
         self.dist_port = free_port()
         self.user = "gwtest"
-        self._password = secrets.token_urlsafe(16)
+        self._password = password or secrets.token_urlsafe(16)
+        self._cookie = cookie or secrets.token_hex(20).upper()
+        self._tls = tls
+        self._config = tuple(config)
         self.boot_seconds: list[float] = []
         self._child: procs.Child | None = None
+        self._queues: tuple[str, ...] = ()  # what readiness waits for: the definitions' queues
         self._env = self._write_files(definitions)
 
     @property
     def url(self) -> str:
         return f"amqp://{self.user}:{self._password}@127.0.0.1:{self.amqp_port}/"
+
+    def amqps_url(self, *, password: bool = True) -> str:
+        """The AMQPS listener's URL: with the test user and its password, or with neither (for
+        a client certificate's EXTERNAL login)."""
+        if not self.amqps_port:
+            raise RuntimeError(f"{self.node} has no AMQPS listener (no NodeTls)")
+        login = f"{self.user}:{self._password}@" if password else ""
+        return f"amqps://{login}127.0.0.1:{self.amqps_port}/"
+
+    @property
+    def ctl_line(self) -> str:
+        """A shell line that runs rabbitmqctl against this node by hand (append the command)."""
+        return f"HOME={self.base / 'home'} {self._ctl_script} -n {self.node}"
+
+    @property
+    def running_pid(self) -> int | None:
+        """The node's Erlang VM (beam.smp): the process that listens on its AMQP port."""
+        if not self.running:
+            return None
+        assert self._child is not None
+        return procs.listening_pid(self.amqp_port, procs.process_tree(self._child.pid))
 
     @property
     def log_file(self) -> Path:
@@ -95,45 +154,65 @@ class RabbitNode:
     def running(self) -> bool:
         return self._child is not None and self._child.alive()
 
-    def _write_files(self, definitions: Path) -> dict[str, str]:
+    def _write_files(self, definitions: Path | None) -> dict[str, str]:
         base = self.base
         home = base / "home"
         for directory in (home, base / "mnesia", base / "log"):
             directory.mkdir(parents=True, exist_ok=True)
         cookie = home / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(20).upper())
+        cookie.write_text(self._cookie)
         cookie.chmod(0o400)
-        # The deploy definitions verbatim plus a user of the test's own (the deploy file's
-        # guest only logs in over loopback, as RabbitMQ's default one); RabbitMQ 3.10 reads
-        # one definitions file (a directory fails with eisdir).
-        loaded = json.loads(definitions.read_text())
-        loaded.setdefault("users", []).append(
-            {
-                "name": self.user,
-                "password_hash": _password_hash(self._password),
-                "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": ["administrator"],
-            }
-        )
-        loaded.setdefault("permissions", []).append(
-            {"user": self.user, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
-        )
-        (base / "definitions.json").write_text(json.dumps(loaded, indent=2))
-        (base / "rabbitmq.conf").write_text(
-            "\n".join(
-                [
-                    f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}",
-                    f"definitions.local.path = {base / 'definitions.json'}",
-                    "definitions.import_backend = local_filesystem",
-                    "vm_memory_high_watermark.relative = 0.4",
-                    "log.console = false",
-                    "log.file.level = info",
-                    "",
-                ]
+        # The definitions verbatim plus a user of the test's own (the deploy file's guest only
+        # logs in over loopback, as RabbitMQ's default one); RabbitMQ 3.10 reads one
+        # definitions file (a directory fails with eisdir).
+        loaded = json.loads(definitions.read_text()) if definitions is not None else {}
+        self._queues = tuple(q["name"] for q in loaded.get("queues", []))
+        loaded.setdefault("vhosts", [{"name": "/"}])
+        users = [(self.user, _password_hash(self._password), ["administrator"])]
+        # An empty password hash: no password logs in; the client certificate does (EXTERNAL).
+        users += [(name, "", []) for name in (self._tls.certificate_users if self._tls else ())]
+        for name, password_hash, tags in users:
+            loaded.setdefault("users", []).append(
+                {
+                    "name": name,
+                    "password_hash": password_hash,
+                    "hashing_algorithm": "rabbit_password_hashing_sha256",
+                    "tags": tags,
+                }
             )
-        )
+            loaded.setdefault("permissions", []).append(
+                {"user": name, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+            )
+        (base / "definitions.json").write_text(json.dumps(loaded, indent=2))
+        config = [
+            f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}",
+            f"definitions.local.path = {base / 'definitions.json'}",
+            "definitions.import_backend = local_filesystem",
+            "vm_memory_high_watermark.relative = 0.4",
+            "log.console = false",
+            "log.file.level = info",
+            *self._config,
+        ]
+        plugins = []
+        if self._tls is not None:
+            config += [
+                f"listeners.ssl.default = 127.0.0.1:{self.amqps_port}",
+                f"ssl_options.cacertfile = {self._tls.ca_file}",
+                f"ssl_options.certfile = {self._tls.cert_file}",
+                f"ssl_options.keyfile = {self._tls.key_file}",
+                # A client certificate is checked when one is presented, and not required:
+                # clients with a password log in over the same listener.
+                "ssl_options.verify = verify_peer",
+                "ssl_options.fail_if_no_peer_cert = false",
+                "auth_mechanisms.1 = PLAIN",
+                "auth_mechanisms.2 = AMQPLAIN",
+                "auth_mechanisms.3 = EXTERNAL",
+                "ssl_cert_login_from = common_name",
+            ]
+            plugins.append("rabbitmq_auth_mechanism_ssl")
+        (base / "rabbitmq.conf").write_text("\n".join([*config, ""]))
         (base / "advanced.config").write_text("[].\n")
-        (base / "enabled_plugins").write_text("[].\n")
+        (base / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         (base / "rabbitmq-env.conf").write_text("")
         env = {
             key: value
@@ -192,7 +271,7 @@ class RabbitNode:
                 connection = await aio_pika.connect(self.url, timeout=2)
                 try:
                     channel = await connection.channel()
-                    for queue in ("images.queue", "videos.queue"):
+                    for queue in self._queues:
                         await channel.declare_queue(queue, passive=True)
                     return
                 finally:
@@ -221,6 +300,20 @@ class RabbitNode:
             return
         await procs.kill(self._child, _STOP_TIMEOUT_SECONDS)
         await self._wait_gone()
+
+    async def freeze(self) -> None:
+        """SIGSTOP the Erlang VM: its sockets stay open and nothing answers (a hung host)."""
+        os.kill(self._beam_pid(), signal.SIGSTOP)
+
+    async def thaw(self) -> None:
+        """SIGCONT the Erlang VM after `freeze`."""
+        os.kill(self._beam_pid(), signal.SIGCONT)
+
+    def _beam_pid(self) -> int:
+        pid = self.running_pid
+        if pid is None:
+            raise RuntimeError(f"{self.node}: no running Erlang VM listens on {self.amqp_port}")
+        return pid
 
     async def restart(self) -> float:
         await self.stop()
@@ -252,6 +345,45 @@ class RabbitNode:
                 f"{stderr.decode(errors='replace').strip() or stdout.decode(errors='replace')}"
             )
         return stdout.decode()
+
+    async def run_ctl_script(self, argv: Sequence[str], stdin: bytes) -> str:
+        """Run a script that calls `$RABBITMQCTL` (deploy/rabbitmq/users.sh) against this node,
+        `stdin` on its standard input; its stdout, or RuntimeError with its stderr."""
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=self.base,
+            env={**self._env, "RABBITMQCTL": f"{self._ctl_script} -n {self.node}"},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(
+                process.communicate(stdin), _CTL_TIMEOUT_SECONDS
+            )
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise RuntimeError(f"{argv[0]} timed out after {_CTL_TIMEOUT_SECONDS}s") from None
+        if process.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(argv)} failed ({process.returncode}): {stderr.decode(errors='replace')}"
+            )
+        return stdout.decode()
+
+    async def connections(self) -> list[dict[str, Any]]:
+        """The client connections (of the whole cluster) as `rabbitmqctl list_connections`
+        shows them: `name` (the client's connection_name), `ssl`, `auth_mechanism`, `user`,
+        and `port`, the listener's, which says what node a connection is on."""
+        listing = await self.ctl(
+            "list_connections", "client_properties", "ssl", "auth_mechanism", "user", "port",
+            "--formatter", "json",
+        )  # fmt: skip
+        rows: list[dict[str, Any]] = json.loads(listing or "[]")
+        for row in rows:
+            properties = {key: value for key, _type, value in row.pop("client_properties")}
+            row["name"] = properties.get("connection_name", "")
+        return rows
 
     async def close_all_connections(self) -> None:
         await self.ctl("close_all_connections", "fault injection by the test suite")

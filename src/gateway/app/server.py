@@ -24,7 +24,7 @@ from gateway.app.tracing import start_tracing
 from gateway.app.workers import Siblings, WorkerStates
 from gateway.broker import Broker
 from gateway.broker.memory import Definitions, MemoryBroker
-from gateway.broker.rabbit import RabbitBroker
+from gateway.broker.rabbit import RabbitBroker, TlsFiles
 from gateway.config import Settings
 from gateway.contracts.comments import Comments
 from gateway.contracts.files import CONTRACT_FILES
@@ -58,8 +58,12 @@ BUILD_INFO = Gauge(
 
 
 def make_broker(settings: Settings) -> Broker:
-    """RabbitMQ when an address is configured, otherwise the in-memory broker."""
+    """RabbitMQ when an address is configured, otherwise the in-memory broker.
+
+    ConfigError when a file of `[broker.tls]` cannot be used.
+    """
     if settings.broker_urls:
+        tls = settings.broker.tls
         return RabbitBroker(
             settings.broker_urls,
             heartbeat_seconds=settings.broker.heartbeat_seconds,
@@ -67,6 +71,11 @@ def make_broker(settings: Settings) -> Broker:
             reconnect_max_backoff_seconds=settings.broker.reconnect_max_backoff_seconds,
             missing_exchange_seconds=settings.broker.missing_exchange_seconds,
             connection_name=settings.broker.app_id,
+            tls=(
+                TlsFiles(tls.ca_file, tls.cert_file, tls.key_file)
+                if tls.ca_file or tls.cert_file
+                else None  # plain amqp://, or amqps:// verified against the system's CAs
+            ),
         )
     return MemoryBroker(Definitions.load(Path(settings.broker.definitions)))
 
