@@ -21,7 +21,7 @@ import gateway.core.methods
 from gateway.broker.memory import Definitions, MemoryBroker
 from gateway.core.context import CallContext
 from gateway.core.method import Method, StreamHandler, UnaryHandler
-from gateway.core.middleware import Middleware
+from gateway.core.middleware import Middleware, add_call_fields
 from tests.conftest import DEFINITIONS, make_settings, replace_settings
 
 PAYLOAD = {"model": "m", "prompt": "p", "image_name": "n"}
@@ -275,7 +275,9 @@ async def test_a_long_request_id_is_logged_cut_short(
     running = await start_gateway(make_settings())
     request_id = "r" * 8000
 
-    with structlog.testing.capture_logs([structlog.contextvars.merge_contextvars]) as logs:
+    with structlog.testing.capture_logs(
+        [structlog.contextvars.merge_contextvars, add_call_fields]
+    ) as logs:
         await images_pb2_grpc.ImagesServiceStub(running.channel).Generate(
             GENERATE, metadata=(("x-request-id", request_id),), timeout=10
         )

@@ -19,6 +19,7 @@ from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 import gateway.app.server
 from gateway.broker.memory import Definitions, MemoryBroker
+from gateway.core.middleware import add_call_fields
 from tests.conftest import DEFINITIONS, make_settings
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -150,7 +151,9 @@ async def test_log_lines_carry_the_trace_and_span_ids(
     """The task's log line names the trace and the server span it belongs to."""
     running = await start_gateway(make_settings())
 
-    with structlog.testing.capture_logs([structlog.contextvars.merge_contextvars]) as logs:
+    with structlog.testing.capture_logs(
+        [structlog.contextvars.merge_contextvars, add_call_fields]
+    ) as logs:
         await images_pb2_grpc.ImagesServiceStub(running.channel).Generate(
             GENERATE, metadata=(("traceparent", TRACEPARENT),), timeout=10
         )

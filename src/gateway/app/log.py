@@ -15,6 +15,7 @@ import sys
 import structlog
 
 from gateway.config import Settings
+from gateway.core.middleware import add_call_fields
 
 __all__ = ["configure_logging", "configure_logging_for"]
 
@@ -22,6 +23,7 @@ __all__ = ["configure_logging", "configure_logging_for"]
 def configure_logging(*, json: bool, level: str = "info") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_call_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_process,

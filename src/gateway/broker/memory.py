@@ -133,7 +133,7 @@ class MemoryBroker(Broker):
             raise exchange_not_found(envelope.exchange, envelope.routing_key)
         queues = self._route(envelope.exchange, envelope.routing_key, set())
         if not queues:
-            metrics.OUTCOMES.labels(envelope.exchange, "returned").inc()
+            metrics.published(envelope.exchange, "returned", 0.0)
             raise unroutable(envelope.exchange, envelope.routing_key)
         full = [
             q.name
@@ -153,8 +153,7 @@ class MemoryBroker(Broker):
                 routing_key=envelope.routing_key,
                 body=envelope.body.decode(),
             )
-        metrics.OUTCOMES.labels(envelope.exchange, "nack" if full else "ack").inc()
-        metrics.PUBLISH_SECONDS.labels(envelope.exchange).observe(0.0)
+        metrics.published(envelope.exchange, "nack" if full else "ack", 0.0)
         if full:
             # As RabbitMQ does: the message stays in the queues that took it, and the publisher
             # gets a nack because one refused it.

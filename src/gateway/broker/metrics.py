@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["CONNECTED", "OUTCOMES", "PUBLISH_SECONDS", "RECONNECTS", "Outcome"]
+__all__ = ["CONNECTED", "OUTCOMES", "PUBLISH_SECONDS", "RECONNECTS", "Outcome", "published"]
 
 # ack: confirmed; nack: refused by a queue it routes to; returned: routed to no queue (a
 # mandatory message); lost: the channel or connection went before the broker answered.
@@ -34,3 +36,21 @@ RECONNECTS = Counter(
     "task_gateway_broker_reconnects_total",
     "Connections to the broker made again after one was lost.",
 )
+
+
+# Series by their labels, found once (exchanges and outcomes are few: from the route table).
+_OUTCOME_SERIES: dict[tuple[str, Outcome], Any] = {}
+_SECONDS_SERIES: dict[str, Any] = {}
+
+
+def published(exchange: str, outcome: Outcome, seconds: float | None) -> None:
+    """Count what the broker answered a publish to `exchange`, and how long it took."""
+    series = _OUTCOME_SERIES.get((exchange, outcome))
+    if series is None:
+        series = _OUTCOME_SERIES[(exchange, outcome)] = OUTCOMES.labels(exchange, outcome)
+    series.inc()
+    if seconds is not None:
+        timer = _SECONDS_SERIES.get(exchange)
+        if timer is None:
+            timer = _SECONDS_SERIES[exchange] = PUBLISH_SECONDS.labels(exchange)
+        timer.observe(seconds)

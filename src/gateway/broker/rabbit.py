@@ -357,8 +357,7 @@ class RabbitBroker(Broker):
             link.publishing -= 1
             if link.retired and not link.publishing:
                 self._in_background(link.channel.close())
-            metrics.PUBLISH_SECONDS.labels(envelope.exchange).observe(time.perf_counter() - sent)
-            metrics.OUTCOMES.labels(envelope.exchange, outcome).inc()
+            metrics.published(envelope.exchange, outcome, time.perf_counter() - sent)
 
     def _exchange_gone(self, link: _Link, envelope: Envelope) -> GatewayError:
         """The error for a publish on a channel the broker closed for a missing exchange.

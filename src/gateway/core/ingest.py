@@ -161,18 +161,30 @@ class Ingestor:
         """
         publication = self.publish(request, context)
         limit = self.time_limit(context.remaining())
-        if not publication.confirm.done():
+        confirm = publication.confirm
+        if not confirm.done():
+            # Woken by the confirm or by the time limit, whichever comes first; the publish
+            # itself is never cancelled: a deadline or a cancelled call must not cut it off
+            # half-way inside the AMQP client. It finishes in the background, in `in_flight`.
+            # (What asyncio.wait does, without its generality on the hot path.)
+            loop = asyncio.get_running_loop()
+            woken = loop.create_future()
+
+            def wake(_: object = None) -> None:
+                if not woken.done():
+                    woken.set_result(None)
+
+            confirm.add_done_callback(wake)
+            timer = loop.call_later(limit, wake)
             try:
-                # asyncio.wait never cancels what it waits for: a deadline or a cancelled call
-                # must not cut a publish off half-way inside the AMQP client; it finishes in
-                # the background and stays in `in_flight`.
-                await asyncio.wait((publication.confirm,), timeout=limit)
+                await woken
             except asyncio.CancelledError:
                 publication.cancelled()
                 raise
-        outcome = publication.settle(
-            None if publication.confirm.done() else deadline_exceeded(limit)
-        )
+            finally:
+                timer.cancel()
+                confirm.remove_done_callback(wake)
+        outcome = publication.settle(None if confirm.done() else deadline_exceeded(limit))
         if isinstance(outcome, GatewayError):
             raise outcome
         return outcome

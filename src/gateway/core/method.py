@@ -54,24 +54,22 @@ class Method:
             if count > limit:
                 raise too_many_items(name, limit, count)
 
-    @property
-    def full_name(self) -> str:
-        """As gRPC names it on the wire: /package.Service/Method."""
-        return f"/{self.descriptor.containing_service.full_name}/{self.descriptor.name}"
+    # Derived from the descriptor once, as every call names its method.
+    full_name: str = field(init=False)
+    """As gRPC names it on the wire: /package.Service/Method."""
+    service: str = field(init=False)
+    """The service's full name: images.v1.ImagesService."""
+    name: str = field(init=False)
+    """The method's own name: Generate."""
+    streaming: bool = field(init=False)
 
-    @property
-    def service(self) -> str:
-        """The service's full name: images.v1.ImagesService."""
-        return str(self.descriptor.containing_service.full_name)
-
-    @property
-    def name(self) -> str:
-        """The method's own name: Generate."""
-        return str(self.descriptor.name)
-
-    @property
-    def streaming(self) -> bool:
-        return bool(self.descriptor.client_streaming)
+    def __post_init__(self) -> None:
+        service = str(self.descriptor.containing_service.full_name)
+        # The dataclass is frozen for its users; these are its own derived fields.
+        object.__setattr__(self, "service", service)
+        object.__setattr__(self, "name", str(self.descriptor.name))
+        object.__setattr__(self, "full_name", f"/{service}/{self.descriptor.name}")
+        object.__setattr__(self, "streaming", bool(self.descriptor.client_streaming))
 
 
 def too_many_items(name: str, limit: int, count: int) -> GatewayError:

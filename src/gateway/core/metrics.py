@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge
 
 from gateway.core.context import CallContext
@@ -32,5 +34,14 @@ IN_FLIGHT_LIMIT = Gauge(
 class TaskMetrics(Middleware):
     """Counts every task's outcome, on both transports, the refused ones included."""
 
+    def __init__(self) -> None:
+        # The series by its labels: found once, not looked up (and locked) on every task. The
+        # labels come from the route and method tables, so the dict stays small.
+        self._series: dict[tuple[str, str, Code], Any] = {}
+
     def settled(self, call: CallContext, task_type: str, code: Code) -> None:
-        TASKS.labels(task_type, call.transport, code.name).inc()
+        key = (task_type, call.transport, code)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = TASKS.labels(task_type, call.transport, code.name)
+        series.inc()

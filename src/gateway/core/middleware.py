@@ -20,10 +20,10 @@ was sent or not). `visible` says which task types a caller may know of (the cata
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
-import structlog
 from google.protobuf.message import Message
 
 from gateway.contracts.routing import Route
@@ -31,7 +31,15 @@ from gateway.core.context import CallContext
 from gateway.core.method import Method, StreamHandler, UnaryHandler
 from gateway.errors import Code
 
-__all__ = ["LogContext", "Middleware", "Outcome", "apply", "visibility"]
+__all__ = [
+    "CURRENT_CALL",
+    "LogContext",
+    "Middleware",
+    "Outcome",
+    "add_call_fields",
+    "apply",
+    "visibility",
+]
 
 
 # Told the code a published task ended with (OK when confirmed).
@@ -92,23 +100,50 @@ def apply(method: Method, middlewares: Sequence[Middleware]) -> Method:
     return dataclasses.replace(method, handler=handler)
 
 
+# The call the running code serves: what every log line of it names (see add_call_fields).
+CURRENT_CALL: ContextVar[CallContext | None] = ContextVar("gateway_current_call", default=None)
+
+
 class LogContext(Middleware):
-    """Every log line of a call carries its transport, its peer and the client's request id."""
+    """Every log line of a call carries its transport, its peer and the client's request id.
+
+    It only marks the call as the current one (one context variable); `add_call_fields`, a
+    structlog processor, reads it when a line is actually written, so a call that logs
+    nothing (the common case above info) pays nothing for its fields.
+    """
 
     def unary(self, method: Method, handler: UnaryHandler) -> UnaryHandler:
         async def logged(request: Any, call: CallContext) -> Message:
-            with structlog.contextvars.bound_contextvars(**_fields(call)):
+            token = CURRENT_CALL.set(call)
+            try:
                 return await handler(request, call)
+            finally:
+                CURRENT_CALL.reset(token)
 
         return logged
 
     def stream(self, method: Method, handler: StreamHandler) -> StreamHandler:
         async def logged(requests: AsyncIterator[Any], call: CallContext) -> AsyncIterator[Message]:
-            with structlog.contextvars.bound_contextvars(**_fields(call)):
+            token = CURRENT_CALL.set(call)
+            try:
                 async for response in handler(requests, call):
                     yield response
+            finally:
+                CURRENT_CALL.reset(token)
 
         return logged
+
+
+def add_call_fields(
+    logger: object, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: the current call's transport, peer, request id and trace id, for
+    the keys the line does not set itself."""
+    call = CURRENT_CALL.get()
+    if call is not None:
+        for key, value in _fields(call).items():
+            event.setdefault(key, value)
+    return event
 
 
 def _fields(call: CallContext) -> dict[str, str]:

@@ -84,7 +84,9 @@ class GrpcServer:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         services = {
-            **method_handlers(self._methods),
+            **method_handlers(
+                self._methods, identify_peers=bool(self._settings.tls.client_ca_file)
+            ),
             **_health_handlers(self._health),
             **self._guarded(reflection_handlers([*self._services, _HEALTH_SERVICE])),
         }

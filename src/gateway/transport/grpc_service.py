@@ -31,18 +31,22 @@ log = structlog.get_logger(logger_name="gateway.grpc")
 ServiceHandlers: TypeAlias = "dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]]"
 
 
-def method_handlers(methods: Methods) -> ServiceHandlers:
-    """The handler of each method, by service and method name."""
+def method_handlers(methods: Methods, *, identify_peers: bool) -> ServiceHandlers:
+    """The handler of each method, by service and method name. `identify_peers`: read the
+    client's certificate (mutual TLS) into each call's context."""
     by_service: ServiceHandlers = {}
     for method in methods.values():
-        handler = _stream_handler(method) if method.streaming else _handler(method)
+        if method.streaming:
+            handler = _stream_handler(method, identify_peers)
+        else:
+            handler = _handler(method, identify_peers)
         by_service.setdefault(method.service, {})[method.name] = handler
     return by_service
 
 
-def _handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
+def _handler(method: Method, identify_peers: bool) -> grpc.RpcMethodHandler[Any, Any]:
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
-        call = call_context(method, context)
+        call = call_context(method, context, identify_peers)
         try:
             response: Message = await method.handler(_parse(method, raw, call), call)
         except GatewayError as error:
@@ -60,11 +64,11 @@ def _handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
     )
 
 
-def _stream_handler(method: Method) -> grpc.RpcMethodHandler[Any, Any]:
+def _stream_handler(method: Method, identify_peers: bool) -> grpc.RpcMethodHandler[Any, Any]:
     async def handle(
         raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Message]:
-        call = call_context(method, context)
+        call = call_context(method, context, identify_peers)
 
         async def requests() -> AsyncIterator[Message]:
             async for raw in raw_requests:
@@ -98,8 +102,11 @@ def _unexpected(call: CallContext) -> GatewayError:
     return GatewayError(Code.INTERNAL, "internal error; see the gateway's log")
 
 
-def call_context(method: Method, context: grpc.aio.ServicerContext[Any, Any]) -> CallContext:
-    """What the gRPC call says about itself: peer, deadline, metadata, client certificate."""
+def call_context(
+    method: Method, context: grpc.aio.ServicerContext[Any, Any], identify_peer: bool = True
+) -> CallContext:
+    """What the gRPC call says about itself: peer, deadline, metadata, client certificate
+    (with `identify_peer`: only mutual TLS has one to read)."""
     metadata = {
         key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
     }
@@ -109,7 +116,9 @@ def call_context(method: Method, context: grpc.aio.ServicerContext[Any, Any]) ->
         peer=context.peer(),
         timeout=context.time_remaining(),
         metadata=metadata,
-        peer_identity=peer_identity_from_auth_context(context.auth_context()),
+        peer_identity=(
+            peer_identity_from_auth_context(context.auth_context()) if identify_peer else None
+        ),
     )
 
 
