@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--phases",
         default="default",
         help="comma list of phase keys; 'default', 'all', '+key' adds, '-key' drops "
-        "(e.g. default,+grpc.batch,+grpc.stream); --list shows them",
+        "(e.g. default,-peer.go.rest,+rest.auth); --list shows them",
     )
     p.add_argument("--list", action="store_true", help="list the phases and exit")
     p.add_argument(
