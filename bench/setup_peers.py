@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,8 +67,11 @@ def _run(argv: list[str], cwd: Path, log: Path, env: dict[str, str]) -> str | No
         except OSError as exc:
             return f"{argv[0]}: {exc}"
     if done.returncode != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        return f"{' '.join(argv)} exited {done.returncode}: {' / '.join(tail)} (see {log})"
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        # The first lines that say what went wrong (npm and apt end with generic advice).
+        said = [ln for ln in lines if re.search(r"error|fatal|unable|cannot|not found", ln, re.I)]
+        excerpt = " / ".join(said[:2] or lines[-3:])
+        return f"{' '.join(argv)} exited {done.returncode}: {excerpt} (see {log})"
     return None
 
 
