@@ -110,7 +110,9 @@ class GrpcTarget:
                 return str(code.name)
             return None if answers == len(self.messages) else "SHORT_STREAM"
         except self.grpc.aio.AioRpcError as exc:
-            return str(exc.code().name)
+            # The details too: an UNAVAILABLE from grpc's transport (a refused stream, a
+            # dropped connection) and one from the gateway (the broker) differ only there.
+            return f"{exc.code().name}: {(exc.details() or '')[:60]}"
 
     async def close(self) -> None:
         for channel in self.channels:
