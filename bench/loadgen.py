@@ -43,8 +43,12 @@ class LoadResult:
     p99_ms: float | None
     expect: tuple[int, int]  # successful requests since the last purge: (at least, at most)
     errors: dict[str, int] = field(default_factory=dict)
-    cpu: dict[str, float] = field(default_factory=dict)  # % of one core
+    cpu: dict[str, float] = field(default_factory=dict)  # % of one core; "seconds": the window
     extra: dict[str, Any] = field(default_factory=dict)
+    # The CPU window spans the whole run (h2load, wrk), so the messages counted in the queue
+    # after it are its tasks; the Python drivers' runs also hold a counted warm-up, so their
+    # tasks are those confirmed inside the window (`ok`).
+    cpu_covers_run: bool = False
 
     @property
     def rate(self) -> float:
@@ -56,13 +60,16 @@ class LoadResult:
 class Target:
     """Where and what to send; a phase builds one per run."""
 
-    kind: str  # "grpc" | "http" | "amqp"
-    address: str  # grpc: host:port; http: full URL; amqp: AMQP URL
+    kind: str  # "grpc" | "http" | "amqp" | "sdk" (bench/sdk_driver.py)
+    address: str  # grpc, sdk: host:port; http: full URL; amqp: AMQP URL
     body_file: Path | None = None  # grpc: length-prefixed frames; http: JSON body
     method: str = ""  # grpc: /package.Service/Method
     stream: bool = False  # grpc: all frames on one stream per call
     amqp_request: dict[str, Any] | None = None
     amqp_message: str = "gateway"  # amqp: "gateway" or "minimal" (bench/raw_aiopika.py)
+    amqp_library: str = "aiopika"  # amqp: "aiopika" or "aiormq" (bench/raw_aiormq.py)
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request (gRPC: metadata)
+    token: str | None = None  # sdk: the client's bearer token
 
 
 @dataclass
@@ -121,6 +128,7 @@ class CpuSampler:
             wall = max(time.monotonic() - self.started, 1e-6)
             loadgen_percent = 100 * (procs.children_cpu_seconds() - self.children_cpu) / wall
         result["loadgen"] = round(loadgen_percent, 1)
+        result["seconds"] = round(time.monotonic() - self.window.started, 3)
         return with_other(result)
 
 
@@ -190,6 +198,7 @@ async def h2load(
         "content-type: application/grpc",
         "-H",
         "te: trailers",
+        *(arg for name, value in target.headers for arg in ("-H", f"{name}: {value}")),
         "--log-file",
         str(log_file),
         f"http://{host}:{port}{target.method}",
@@ -226,6 +235,7 @@ async def h2load(
         expect=(succeeded, started),
         errors={k: v for k, v in errors.items() if v},
         cpu=cpu_result,
+        cpu_covers_run=True,
     )
 
 
@@ -238,7 +248,7 @@ async def wrk(
     from bench.payloads import wrk_script
 
     script = tools.log_dir / f"{name}.lua"
-    script.write_text(wrk_script(target.body_file.read_bytes()))
+    script.write_text(wrk_script(target.body_file.read_bytes(), target.headers))
     c = tools.wrk_connections
     argv = [
         tools.wrk,
@@ -283,6 +293,7 @@ async def wrk(
         expect=(ok, ok + unknown),
         errors=errors,
         cpu=cpu_result,
+        cpu_covers_run=True,
     )
 
 
@@ -300,9 +311,6 @@ async def pydriver(
 ) -> LoadResult:
     """bench/pydriver.py in a process of its own: closed loop (concurrency) or open (rate)."""
     argv = [
-        tools.python,
-        "-m",
-        "bench.pydriver",
         "--target",
         target.kind,
         "--address",
@@ -320,15 +328,53 @@ async def pydriver(
         argv += ["--method", target.method]
     if target.stream:
         argv += ["--stream"]
+    argv += [arg for name_, value in target.headers for arg in ("--header", f"{name_}: {value}")]
     if target.amqp_request is not None:
         argv += ["--request", json.dumps(target.amqp_request), "--message", target.amqp_message]
+        argv += ["--library", target.amqp_library]
     argv += ["--rate", f"{rate:.1f}"] if rate else ["--concurrency", str(concurrency)]
+    return await python_driver(tools, "bench.pydriver", argv, warmup + seconds, cpu, name)
+
+
+async def sdk(
+    tools: Tools,
+    target: Target,
+    *,
+    seconds: float,
+    warmup: float,
+    cpu: CpuSampler | None,
+    name: str,
+    client: str,
+    processes: int,
+) -> LoadResult:
+    """bench/sdk_driver.py: `processes` SDK batching publishers, each as fast as it goes."""
+    argv = ["--address", target.address, "--client", client, "--processes", str(processes)]
+    argv += ["--warmup", str(warmup), "--duration", str(seconds)]
+    if target.token:
+        argv += ["--token", target.token]
+    return await python_driver(tools, "bench.sdk_driver", argv, warmup + seconds, cpu, name)
+
+
+async def python_driver(
+    tools: Tools,
+    module: str,
+    args: list[str],
+    seconds: float,
+    cpu: CpuSampler | None,
+    name: str,
+) -> LoadResult:
+    """A Python driver (`python -m module args`) in a process of its own; what it measured.
+
+    It prints BENCH_MEASURE_START/END at the edges of its measured window (the CPU sampler
+    runs between them) and one `BENCH_JSON {...}` line at the end.
+    """
+    argv = [tools.python, "-m", module, *args]
     child = await procs.spawn(name, argv, log_dir=tools.log_dir, cwd=ROOT, stdout_pipe=True)
     result: dict[str, Any] | None = None
     cpu_result: dict[str, float] = {}
     try:
         assert child.process.stdout is not None
-        async with asyncio.timeout(warmup + seconds + EXTRA_WAIT):
+        async with asyncio.timeout(seconds + EXTRA_WAIT):
             async for raw in child.process.stdout:
                 line = raw.decode().strip()
                 if line == "BENCH_MEASURE_START" and cpu:
@@ -341,12 +387,12 @@ async def pydriver(
     finally:
         await procs.stop(child)
     if result is None:
-        raise RuntimeError(f"bench.pydriver failed (see {child.log_path}):\n{child.tail()}")
+        raise RuntimeError(f"{module} failed (see {child.log_path}):\n{child.tail()}")
     # The driver measured its own CPU over the window (getrusage in the driver).
     cpu_out = with_other(cpu_result | {"loadgen": result["cpu_percent"]}) if cpu_result else {}
     errors = result["errors"]
     return LoadResult(
-        tool="pydriver",
+        tool=module.removeprefix("bench."),
         command=shlex.join(["python", *argv[1:]]),
         ok=result["window_ok"],
         seconds=result["seconds"],
@@ -366,6 +412,7 @@ async def pydriver(
                 "service_p99_ms",
                 "peak_rss_mb",
                 "ok_total",
+                "cpu_percent",
             )
         },
     )

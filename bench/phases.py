@@ -28,7 +28,17 @@ from google.protobuf.message import Message
 from bench import loadgen, payloads
 from bench.loadgen import CpuSampler, LoadResult, Target, Tools
 from bench.pydriver import GrpcTarget, HttpTarget
-from bench.servers import Env, FastApiBaseline, Gateway, NaiveGrpcBaseline, Server, ServerSpec
+from bench.sdk_driver import SdkTarget
+from bench.servers import (
+    AiohttpFloor,
+    Env,
+    FastApiBaseline,
+    Gateway,
+    NaiveGrpcBaseline,
+    PeerServer,
+    Server,
+    ServerSpec,
+)
 from tests.support import procs
 from tests.support.rabbitmq import Topology
 
@@ -44,6 +54,8 @@ class Settings:
     batch_size: int = 100
     stream_size: int = 100
     gateway_args: tuple[str, ...] = ()
+    sdk_client: str = "async"  # bench/sdk_driver.py --client
+    sdk_processes: int = 2  # bench/sdk_driver.py --processes
 
 
 @dataclass
@@ -83,6 +95,10 @@ class PhaseResult:
     rss_ready_mb: float | None = None
     pss_after_peak_mb: float | None = None  # Pss summed over the tree, right after the peak run
     cpu: dict[str, float] = field(default_factory=dict)
+    # CPU ms per task during the peak run: the server's processes (the raw rows: the
+    # publisher's; rows that publish nothing: per call), and what it was taken over.
+    cpu_ms_per_task: float | None = None
+    cpu_basis: str = ""
     checks: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     runs: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +115,8 @@ class Phase:
     """A row: what to start, how to load it, what to compare it with.
 
     compare: (other phase key, target ratio or None) pairs; the table shows this phase's msgs/s
-    over the other's, and the verdicts check the targets (DESIGN §9).
+    over the other's, and the verdicts check the targets (docs/performance.md, "The targets").
+    floor: "grpc" or "rest": the verdicts hold this row's CPU per task to that Python floor.
     """
 
     key: str
@@ -110,6 +127,17 @@ class Phase:
     compare: tuple[tuple[str, float | None], ...] = ()
     default: bool = True  # in the run unless --phases says otherwise
     baseline: bool = False  # needs ../shared/baselines and build/bench-venv
+    peer: str | None = None  # needs that peer of ../shared/baselines/peers, built
+    auth: bool = False  # the server requires a bearer token; the load generators send it
+    floor: str | None = None
+
+    @property
+    def is_gateway(self) -> bool:
+        return isinstance(self.server, Gateway)
+
+    def auth_headers(self, ctx: Context) -> tuple[tuple[str, str], ...]:
+        """The bearer token, for the phases whose server requires one."""
+        return (("authorization", f"Bearer {ctx.env.auth_token}"),) if self.auth else ()
 
     # -- what subclasses provide -------------------------------------------------------------
     def target(self, ctx: Context, server: Server | None) -> Target:
@@ -128,6 +156,12 @@ class Phase:
         if self.baseline and ctx.skip_baselines:
             result.status, result.reason = "skipped", ctx.skip_baselines
             return result
+        if self.peer is not None:
+            built = ctx.env.peers.get(self.peer)
+            if built is None or built.skip:
+                result.status = "skipped"
+                result.reason = built.skip if built else f"the {self.peer} peer was not built"
+                return result
         server = await self.server.start(ctx.env, self.key) if self.server else None
         try:
             if server is not None:
@@ -139,10 +173,11 @@ class Phase:
             peak = await self.peak_run(ctx, server, target)
             if server is not None:
                 result.pss_after_peak_mb = round(procs.pss_mb(server.pids()), 1)
-            await self.verify(ctx, result, peak, "peak")
+            landed = await self.verify(ctx, result, peak, "peak")
             k = self.msgs_per_request or 1
             result.msgs_per_s = round(peak.rate * k, 1)
             result.p50_ms, result.p99_ms, result.cpu = peak.p50_ms, peak.p99_ms, peak.cpu
+            result.cpu_ms_per_task, result.cpu_basis = self.cpu_per_task(peak, landed)
             if self.half_peak and peak.rate > 0:
                 half = await loadgen.pydriver(
                     ctx.tools,
@@ -194,15 +229,20 @@ class Phase:
         This also proves that the frame h2load will send is what the server expects, since
         h2load itself cannot see a gRPC error.
         """
-        client: GrpcTarget | HttpTarget
+        client: GrpcTarget | HttpTarget | SdkTarget
         if target.kind == "amqp":
             return True
-        assert target.body_file is not None
-        body = target.body_file.read_bytes()
-        if target.kind == "grpc":
-            client = GrpcTarget(target.address, target.method, body, 1, target.stream)
+        if target.kind == "sdk":
+            client = SdkTarget(target.address, target.token)
         else:
-            client = HttpTarget(target.address, body, 1)
+            assert target.body_file is not None
+            body = target.body_file.read_bytes()
+            if target.kind == "grpc":
+                client = GrpcTarget(
+                    target.address, target.method, body, 1, target.stream, target.headers
+                )
+            else:
+                client = HttpTarget(target.address, body, 1, target.headers)
         await client.open()
         try:
             error = await client.call()
@@ -212,7 +252,7 @@ class Phase:
             result.fail(f"preflight: one request by hand failed: {error}")
             return False
         landed = await ctx.topology.settle(timeout=5, quiet=0.3)
-        if landed != self.msgs_per_request:
+        if landed != self.msgs_per_request:  # 0 for the rows that publish nothing
             result.fail(
                 f"preflight: one request published {landed} messages, "
                 f"expected {self.msgs_per_request}"
@@ -229,10 +269,10 @@ class Phase:
         run: LoadResult,
         what: str,
         per_request: int | None = None,
-    ) -> None:
-        """Count what landed against what the load generator saw succeed; purge."""
+    ) -> int:
+        """Count what landed against what the load generator saw succeed; purge; the count."""
         landed = await ctx.topology.settle()
-        k = per_request or self.msgs_per_request
+        k = self.msgs_per_request if per_request is None else per_request
         low, high = run.expect[0] * k, run.expect[1] * k
         result.runs[what] = asdict(run) | {"landed": landed, "rate": round(run.rate, 1)}
         if run.errors:
@@ -247,6 +287,29 @@ class Phase:
             expected = f"{low}" if low == high else f"{low}..{high}"
             result.checks.append(f"{what}: {landed} messages landed, expected {expected}: ok")
         await ctx.topology.purge()
+        return landed
+
+    def cpu_per_task(self, run: LoadResult, landed: int) -> tuple[float | None, str]:
+        """CPU ms per task over the run's CPU window, and what that was taken over.
+
+        The server's processes (from /proc); the raw rows have no server: their publisher's
+        own (getrusage in the driver). The tasks are the messages counted in the queue when the
+        window spans the whole run (h2load, wrk); the Python drivers' runs also hold a counted
+        warm-up, so theirs are the tasks confirmed inside the window (the queue count checks
+        the total). Rows that publish nothing (Echo, the bare aiohttp handler): per call.
+        """
+        seconds = run.cpu.get("seconds")
+        percent = run.cpu.get("server" if self.server is not None else "loadgen")
+        if self.msgs_per_request == 0:
+            tasks, basis = run.ok, "call"
+        elif run.cpu_covers_run:
+            tasks, basis = landed, "task"
+        else:
+            tasks, basis = run.ok * self.msgs_per_request, "task"
+        if not seconds or percent is None or tasks <= 0:
+            return None, ""
+        who = "server" if self.server is not None else "publisher"
+        return round(percent / 100 * seconds * 1000 / tasks, 4), f"{who} per {basis}"
 
     async def warm_and_purge(self, ctx: Context, run: Callable[[], Any]) -> None:
         """A separate warm-up run: h2load's own --warm-up-time requests go uncounted but still
@@ -277,7 +340,14 @@ class GrpcPhase(Phase):
         assert server.grpc_address
         frames = payloads.grpc_frames([m.SerializeToString() for m in self.messages(ctx)])
         body = _write(ctx, f"{self.key}.grpc.bin", frames)
-        return Target("grpc", server.grpc_address, body, self.method, self.stream)
+        return Target(
+            "grpc",
+            server.grpc_address,
+            body,
+            self.method,
+            self.stream,
+            headers=self.auth_headers(ctx),
+        )
 
     def half_connections(self, ctx: Context) -> int:
         return self.clients or ctx.tools.h2load_clients
@@ -324,7 +394,7 @@ class RestPhase(Phase):
         assert server is not None
         assert server.http_base
         body = _write(ctx, f"{self.key}.json", payloads.rest_body())
-        return Target("http", server.http_base + self.path, body)
+        return Target("http", server.http_base + self.path, body, headers=self.auth_headers(ctx))
 
     def half_connections(self, ctx: Context) -> int:
         return ctx.tools.wrk_connections
@@ -350,21 +420,26 @@ class RestPhase(Phase):
         )
 
 
-def raw_target(ctx: Context, message: str = "gateway") -> Target:
-    """bench/raw_aiopika.py publishing the legacy task straight to the bench vhost."""
+def raw_target(ctx: Context, message: str = "gateway", library: str = "aiopika") -> Target:
+    """bench/raw_aiopika.py (or raw_aiormq.py) publishing the legacy task to the bench vhost."""
     return Target(
-        "amqp", ctx.env.amqp_url, amqp_request=dict(payloads.LEGACY_REQUEST), amqp_message=message
+        "amqp",
+        ctx.env.amqp_url,
+        amqp_request=dict(payloads.LEGACY_REQUEST),
+        amqp_message=message,
+        amqp_library=library,
     )
 
 
 @dataclass(frozen=True)
 class RawPhase(Phase):
-    """The reference: bench/raw_aiopika.py publishing straight to the vhost, no server."""
+    """A raw publisher straight to the vhost, no server: aio-pika (the reference) or aiormq."""
 
     message: str = "gateway"  # the gateway's properties and headers, or "minimal"
+    library: str = "aiopika"  # or "aiormq" (the gateway's message only)
 
     def target(self, ctx: Context, server: Server | None) -> Target:
-        return raw_target(ctx, self.message)
+        return raw_target(ctx, self.message, self.library)
 
     async def peak_run(self, ctx: Context, server: Server | None, target: Target) -> LoadResult:
         s = ctx.settings
@@ -379,17 +454,52 @@ class RawPhase(Phase):
         )
 
 
+@dataclass(frozen=True)
+class SdkPhase(Phase):
+    """The Python SDK's batching publisher against the gateway (bench/sdk_driver.py)."""
+
+    half_peak: bool = False  # it is a client: its rate is the row, not its latency
+
+    def target(self, ctx: Context, server: Server | None) -> Target:
+        assert server is not None
+        assert server.grpc_address
+        token = ctx.env.auth_token if self.auth else None
+        return Target("sdk", server.grpc_address, token=token)
+
+    async def peak_run(self, ctx: Context, server: Server | None, target: Target) -> LoadResult:
+        s = ctx.settings
+        return await loadgen.sdk(
+            ctx.tools,
+            target,
+            seconds=s.duration,
+            warmup=s.warmup,
+            cpu=self.sampler(ctx, server),
+            name=f"{self.key}.peak",
+            client=s.sdk_client,
+            processes=s.sdk_processes,
+        )
+
+
 def _baseline_request(ctx: Context) -> Sequence[Message]:
     assert ctx.bench_pb2 is not None
     return [payloads.baseline_publish_request(ctx.bench_pb2)]
 
 
 def phases(settings: Settings) -> list[Phase]:
-    """Every phase, in run (and table) order. `default=False` ones run only on request."""
+    """Every phase, in run (and table) order. `default=False` ones run only on request.
+
+    The ratio targets are docs/performance.md's ("The targets"): unary gRPC >= 1.5x the naive
+    baseline, REST >= 2x FastAPI, batch, stream and the SDK's publisher >= 1x raw aiormq and
+    >= 1x the Node peer's typed unary rate; `floor` holds a row's CPU per task to its floor.
+    """
     gateway = Gateway(args=settings.gateway_args)
+    gateway_auth = Gateway(args=settings.gateway_args, auth=True)
     naive, fastapi = NaiveGrpcBaseline(), FastApiBaseline()
-    vs_naive = (("baseline.grpc", 2.0), ("raw", None))
+    unary = (("baseline.grpc", 1.5), ("raw", None))
+    rest = (("baseline.rest", 2.0), ("raw", None))
+    many = (("raw.aiormq", 1.0), ("peer.node.typed", 1.0), ("raw", None))
     batch, stream = settings.batch_size, settings.stream_size
+    typed = "/images.v1.ImagesService/Generate"
     return [
         RawPhase(
             "raw.minimal",
@@ -399,13 +509,33 @@ def phases(settings: Settings) -> list[Phase]:
             compare=(("raw", None),),
         ),
         RawPhase("raw", f"raw aio-pika, confirms, {settings.raw_in_flight} in flight"),
+        RawPhase(
+            "raw.aiormq",
+            f"raw aiormq, confirms, {settings.raw_in_flight} in flight",
+            library="aiormq",
+            half_peak=False,
+            compare=(("raw", None),),
+        ),
         GrpcPhase(
             "grpc.typed",
             "gateway gRPC images.v1.ImagesService/Generate",
             server=gateway,
-            method="/images.v1.ImagesService/Generate",
+            method=typed,
             messages=lambda ctx: [payloads.generate_request()],
-            compare=vs_naive,
+            compare=unary,
+            floor="grpc",
+        ),
+        # Opt-in (--auth): the same row with authentication required, read back to back.
+        GrpcPhase(
+            "grpc.typed.auth",
+            "gateway gRPC ImagesService/Generate, auth on",
+            server=gateway_auth,
+            method=typed,
+            messages=lambda ctx: [payloads.generate_request()],
+            compare=(("grpc.typed", None), *unary),
+            floor="grpc",
+            auth=True,
+            default=False,
         ),
         GrpcPhase(
             "grpc.generic",
@@ -413,10 +543,11 @@ def phases(settings: Settings) -> list[Phase]:
             server=gateway,
             method="/taskgateway.v1.TaskGatewayService/Publish",
             messages=lambda ctx: [payloads.publish_request()],
-            compare=vs_naive,
+            compare=unary,
+            floor="grpc",
         ),
-        # Batch and stream (DESIGN §9: >= 1x raw aio-pika). Few calls in flight: each carries
-        # `batch` tasks, and broker.max_in_flight (4096) bounds the publishes awaiting confirms.
+        # Few calls in flight: each carries `batch` tasks, and broker.max_in_flight (4096)
+        # bounds the publishes awaiting confirms.
         GrpcPhase(
             "grpc.batch",
             f"gateway gRPC PublishBatch x{batch}",
@@ -426,7 +557,7 @@ def phases(settings: Settings) -> list[Phase]:
             msgs_per_request=batch,
             clients=2,
             streams=4,
-            compare=(("raw", 1.0),),
+            compare=many,
         ),
         GrpcPhase(
             "grpc.stream",
@@ -438,7 +569,13 @@ def phases(settings: Settings) -> list[Phase]:
             msgs_per_request=stream,
             clients=2,
             streams=4,
-            compare=(("raw", 1.0),),
+            compare=many,
+        ),
+        SdkPhase(
+            "sdk.publisher",
+            f"SDK batching publisher ({settings.sdk_client}, {settings.sdk_processes} proc)",
+            server=gateway,
+            compare=(*many, ("grpc.batch", None)),
         ),
         GrpcPhase(
             "baseline.grpc",
@@ -462,9 +599,64 @@ def phases(settings: Settings) -> list[Phase]:
             "rest",
             "gateway REST POST /api/v1/broker/publish",
             server=gateway,
-            compare=(("baseline.rest", 2.0), ("raw", None)),
+            compare=rest,
+            floor="rest",
+        ),
+        RestPhase(
+            "rest.auth",
+            "gateway REST POST /api/v1/broker/publish, auth on",
+            server=gateway_auth,
+            compare=(("rest", None), *rest),
+            floor="rest",
+            auth=True,
+            default=False,
         ),
         RestPhase(
             "baseline.rest", "FastAPI + aio-pika REST publish", server=fastapi, baseline=True
+        ),
+        RestPhase(
+            "floor.rest",
+            "bare aiohttp handler (no broker)",
+            server=AiohttpFloor(),
+            msgs_per_request=0,
+            half_peak=False,
+        ),
+        # The peers publish the same message to the same queue; h2load and wrk run with the
+        # gateway rows' settings. No half-peak run: the latency target is the gateway's.
+        GrpcPhase(
+            "peer.go.typed",
+            "Go peer gRPC ImagesService/Generate",
+            server=PeerServer("go", "Go peer (grpc-go + amqp091-go)"),
+            method=typed,
+            messages=lambda ctx: [payloads.generate_request()],
+            peer="go",
+            half_peak=False,
+            compare=(("grpc.typed", None),),
+        ),
+        RestPhase(
+            "peer.go.rest",
+            "Go peer REST POST /api/v1/broker/publish",
+            server=PeerServer("go", "Go peer (net/http + amqp091-go)"),
+            peer="go",
+            half_peak=False,
+            compare=(("rest", None),),
+        ),
+        GrpcPhase(
+            "peer.node.typed",
+            "Node peer gRPC ImagesService/Generate",
+            server=PeerServer("node", "Node peer (grpc-js + amqplib)"),
+            method=typed,
+            messages=lambda ctx: [payloads.generate_request()],
+            peer="node",
+            half_peak=False,
+            compare=(("grpc.typed", None),),
+        ),
+        RestPhase(
+            "peer.node.rest",
+            "Node peer REST POST /api/v1/broker/publish",
+            server=PeerServer("node", "Node peer (node:http + amqplib)"),
+            peer="node",
+            half_peak=False,
+            compare=(("rest", None),),
         ),
     ]

@@ -10,7 +10,8 @@ for reference, from the actual send. It serves three purposes:
 
 - the open-loop runs at half the peak rate (h2load's --rps fires all clients' timers together,
   i.e. in bursts, and wrk cannot pace at all);
-- the reference raw aio-pika publisher (`--target amqp`, bench/raw_aiopika.py);
+- the raw publishers (`--target amqp`): the reference, bench/raw_aiopika.py, and
+  bench/raw_aiormq.py (`--library aiormq`), half of the Python floor;
 - the fallback when h2load or wrk is not installed.
 
 It runs a warm-up, then the measured window, then waits for every request still in flight, so
@@ -29,7 +30,7 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,8 +57,17 @@ def split_frames(data: bytes) -> list[bytes]:
 class GrpcTarget:
     """Unary calls (one message) or one stream per call (all messages, then half-close)."""
 
-    def __init__(self, address: str, method: str, body: bytes, channels: int, stream: bool) -> None:
+    def __init__(
+        self,
+        address: str,
+        method: str,
+        body: bytes,
+        channels: int,
+        stream: bool,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.address, self.method, self.stream = address, method, stream
+        self.metadata = tuple((k.lower(), v) for k, v in headers) or None
         self.messages = split_frames(body)
         self.n_channels = channels
         self.calls: list[Any] = []
@@ -86,9 +96,9 @@ class GrpcTarget:
         multi_callable = self.calls[next(self.next)]
         try:
             if not self.stream:
-                await multi_callable(self.messages[0], timeout=CALL_TIMEOUT)
+                await multi_callable(self.messages[0], timeout=CALL_TIMEOUT, metadata=self.metadata)
                 return None
-            call = multi_callable(iter(self.messages), timeout=CALL_TIMEOUT)
+            call = multi_callable(iter(self.messages), timeout=CALL_TIMEOUT, metadata=self.metadata)
             answers = 0
             async for raw in call:  # a response holds the results of the tasks settled together
                 for result in self.stream_response.FromString(raw).results:
@@ -100,7 +110,9 @@ class GrpcTarget:
                 return str(code.name)
             return None if answers == len(self.messages) else "SHORT_STREAM"
         except self.grpc.aio.AioRpcError as exc:
-            return str(exc.code().name)
+            # The details too: an UNAVAILABLE from grpc's transport (a refused stream, a
+            # dropped connection) and one from the gateway (the broker) differ only there.
+            return f"{exc.code().name}: {(exc.details() or '')[:60]}"
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -110,8 +122,11 @@ class GrpcTarget:
 class HttpTarget:
     """POST the body as JSON over a pool of keep-alive connections."""
 
-    def __init__(self, url: str, body: bytes, connections: int) -> None:
+    def __init__(
+        self, url: str, body: bytes, connections: int, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.url, self.body, self.connections = url, body, connections
+        self.headers = {"Content-Type": "application/json", **dict(headers)}
 
     async def open(self) -> None:
         import aiohttp
@@ -120,7 +135,7 @@ class HttpTarget:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.connections),
             timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT),
-            headers={"Content-Type": "application/json"},
+            headers=self.headers,
         )
 
     async def call(self) -> str | None:
@@ -233,10 +248,17 @@ def _vm_hwm_mb() -> float:
 
 async def drive(args: argparse.Namespace, body: bytes) -> dict[str, Any]:
     target: Target
+    headers = [tuple(h.split(": ", 1)) for h in args.header]
     if args.target == "grpc":
-        target = GrpcTarget(args.address, args.method, body, args.connections, args.stream)
+        target = GrpcTarget(args.address, args.method, body, args.connections, args.stream, headers)
     elif args.target == "http":
-        target = HttpTarget(args.address, body, args.connections)
+        target = HttpTarget(args.address, body, args.connections, headers)
+    elif args.library == "aiormq":
+        from bench.raw_aiormq import RawAiormqPublisher
+
+        target = RawAiormqPublisher(
+            args.address, args.exchange, args.routing_key, json.loads(args.request)
+        )
     else:
         from bench.raw_aiopika import RawPublisher
 
@@ -281,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", help="gRPC method path, /package.Service/Method")
     parser.add_argument("--body", help="request body file (gRPC: length-prefixed frames)")
     parser.add_argument("--stream", action="store_true", help="gRPC: one stream per call")
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        help="'name: value', sent with every request (gRPC: as metadata); repeatable",
+    )
     parser.add_argument("--exchange", default="images.tasks")
     parser.add_argument("--routing-key", default="images.generate")
     parser.add_argument("--request", default="{}", help="amqp: the task without task_id, JSON")
@@ -289,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["gateway", "minimal"],
         default="gateway",
         help="amqp: the gateway's properties and headers, or the baselines' three",
+    )
+    parser.add_argument(
+        "--library",
+        choices=["aiopika", "aiormq"],
+        default="aiopika",
+        help="amqp: bench/raw_aiopika.py or bench/raw_aiormq.py (the gateway's message)",
     )
     parser.add_argument("--connections", type=int, default=8)
     load = parser.add_mutually_exclusive_group(required=True)

@@ -3,9 +3,11 @@
     .venv/bin/python -m bench.run [--phases default,+grpc.batch] [--duration 10] ...
 
 Creates a private vhost on the local RabbitMQ with the topology of definitions.json, runs each
-phase (raw aio-pika reference, the gateway's unary gRPC and REST, the naive baselines when
-../shared/baselines exists), checks every count, prints the table and writes result.json, and
-deletes the vhost, also on Ctrl-C.
+phase (the raw aio-pika and aiormq publishers, the gateway's unary gRPC, batch, stream and REST,
+the SDK's batching publisher, the naive baselines and the Go and Node peers when
+../shared/baselines has them, the floors), checks every count, prints the table, the Python
+floors and the verdicts on docs/performance.md's targets, writes result.json, and deletes the
+vhost, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -31,14 +34,14 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and the gat
 
 from yarl import URL  # noqa: E402
 
-from bench import payloads, report  # noqa: E402
+from bench import payloads, report, setup_peers  # noqa: E402
 from bench.loadgen import Tools  # noqa: E402
 from bench.phases import Context, Phase, PhaseResult, Settings, phases  # noqa: E402
 from bench.servers import Env  # noqa: E402
 from tests.support import procs, rabbitmq  # noqa: E402
 from tests.support.rabbitmq import topology_at  # noqa: E402
 
-RUN_TIMEOUT = 900.0  # hard cap on a whole run, whatever the settings
+PHASE_BUDGET = 90.0  # seconds a phase may take beyond its load runs (start, counts, purges)
 OTHER_CPU_WARNING = 25.0  # % of one core used by other processes that makes a row suspect
 
 
@@ -87,9 +90,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--phases",
         default="default",
         help="comma list of phase keys; 'default', 'all', '+key' adds, '-key' drops "
-        "(e.g. default,+grpc.batch,+grpc.stream); --list shows them",
+        "(e.g. default,-peer.go.rest,+rest.auth); --list shows them",
     )
     p.add_argument("--list", action="store_true", help="list the phases and exit")
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="also the auth-on rows: grpc.typed.auth and rest.auth (the gateway with "
+        "auth.mode=required, one client and its token), each after its auth-off row",
+    )
     p.add_argument("--duration", type=int, default=10, help="seconds of each peak run")
     p.add_argument("--warmup", type=int, default=2, help="seconds of warm-up before it")
     p.add_argument("--half-duration", type=int, default=8, help="seconds at half the peak rate")
@@ -111,6 +120,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wrk-connections", type=int, default=64, help="wrk -c")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk -t")
     p.add_argument("--raw-in-flight", type=int, default=256)
+    p.add_argument(
+        "--sdk-client",
+        choices=["async", "sync"],
+        default="async",
+        help="sdk.publisher: the asyncio or the sync client's publisher",
+    )
+    p.add_argument(
+        "--sdk-processes",
+        type=int,
+        default=2,
+        help="sdk.publisher: publisher processes, one client (one connection) each",
+    )
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--stream-size", type=int, default=100)
     p.add_argument(
@@ -137,14 +158,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=ROOT / "build/gateway-venv",
         help="venv with the gateway installed without the dev extra (bench/setup_gateway.py)",
     )
+    p.add_argument(
+        "--peers-build",
+        type=Path,
+        default=ROOT / "build/peers",
+        help="where bench/setup_peers.py builds the peers of ../shared/baselines/peers",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "build/bench")
     return p.parse_args(argv)
 
 
-def select(all_phases: list[Phase], spec: str) -> list[Phase]:
-    """Phases named by --phases, in their declared order."""
+def select(all_phases: list[Phase], spec: str, auth: bool = False) -> list[Phase]:
+    """Phases named by --phases (and the auth-on ones with --auth), in their declared order."""
     keys = {p.key for p in all_phases}
-    chosen: set[str] = set()
+    chosen: set[str] = {p.key for p in all_phases if p.auth} if auth else set()
     for item in (s.strip() for s in spec.split(",") if s.strip()):
         if item == "default":
             chosen |= {p.key for p in all_phases if p.default}
@@ -203,6 +230,8 @@ def bench_settings(args: argparse.Namespace) -> Settings:
         batch_size=args.batch_size,
         stream_size=args.stream_size,
         gateway_args=gateway_args,
+        sdk_client=args.sdk_client,
+        sdk_processes=args.sdk_processes,
     )
 
 
@@ -228,8 +257,17 @@ def load_settings_text(
     return [
         f"gRPC peak:   {d['grpc']}",
         f"REST peak:   {d['rest']}",
-        f"raw peak:    bench/pydriver.py --target amqp (bench/raw_aiopika.py): "
-        f"{settings.raw_in_flight} publishes in flight, each awaits its confirm",
+        f"raw peak:    bench/pydriver.py --target amqp (bench/raw_aiopika.py, "
+        f"bench/raw_aiormq.py): {settings.raw_in_flight} publishes in flight, each awaits its "
+        "confirm",
+        f"SDK peak:    bench/sdk_driver.py --client {settings.sdk_client} --processes "
+        f"{settings.sdk_processes}: client.publisher(max_batch=100, max_latency=0.01, "
+        "max_outstanding=1000) kept full, one client (one connection) per process",
+        "peers:       ../shared/baselines/peers built by bench/setup_peers.py, their defaults "
+        "(Node: one process per CPU; Go: one process), the gRPC and REST rows' settings",
+        "auth rows:   the gateway with AUTH__MODE=required and one client (a token, "
+        "rate_per_second 1e6): h2load -H / the wrk script / the drivers send "
+        "'authorization: Bearer <token>'",
         "half peak:   bench/pydriver.py open loop at half the row's peak rate, uniform "
         f"schedule, latency from the due time; gRPC {tools.h2load_clients} channels, "
         f"REST {tools.wrk_connections} connections",
@@ -255,7 +293,9 @@ class Setup:
     tools: Tools
     baselines: Baselines
     machine: dict[str, str]
+    peers: dict[str, setup_peers.Peer]
     idle_busy: float = 0.0
+    auth_token: str = ""
 
     def env(self, amqp_url: str) -> Env:
         return Env(
@@ -267,7 +307,28 @@ class Setup:
             bench_python=self.baselines.python,
             baselines=self.baselines.path,
             baseline_gen=self.work / "baseline-gen",
+            work=self.work,
+            auth_token=self.auth_token,
+            peers=self.peers,
         )
+
+    def timeout(self) -> float:
+        """A hard cap on the phases, from the settings: no run hangs forever."""
+        s = self.settings
+        load = s.warmup + s.duration + 2 * (1 + s.half_duration)
+        return len(self.chosen) * (load + PHASE_BUDGET)
+
+
+async def build_peers(
+    args: argparse.Namespace, chosen: list[Phase], found: Baselines, logs: Path
+) -> dict[str, setup_peers.Peer]:
+    """The peers the chosen phases need, built (bench/setup_peers.py), or why not."""
+    wanted = tuple(sorted({p.peer for p in chosen if p.peer}))
+    if not wanted:
+        return {}
+    path = found.path or (args.baselines or default_baselines()).resolve()
+    print(f"peers: building {', '.join(wanted)} (bench/setup_peers.py, logs in {logs})", flush=True)
+    return await asyncio.to_thread(setup_peers.setup, path, args.peers_build, logs, wanted)
 
 
 async def prepare(args: argparse.Namespace, settings: Settings, chosen: list[Phase]) -> Setup:
@@ -279,9 +340,11 @@ async def prepare(args: argparse.Namespace, settings: Settings, chosen: list[Pha
         d.mkdir(parents=True, exist_ok=True)
     rabbitmq_version = await asyncio.to_thread(rabbitmq.version)
     machine = report.machine(rabbitmq_version) | {"gateway_revision": gateway_revision()}
+    found = baselines(args, chosen, work)
+    peers = await build_peers(args, chosen, found, logs)
     setup = Setup(
-        args, settings, chosen, out, work, logs, load_tools(args, logs),
-        baselines(args, chosen, work), machine,
+        args, settings, chosen, out, work, logs, load_tools(args, logs), found, machine, peers,
+        auth_token=secrets.token_urlsafe(24),
     )  # fmt: skip
     print(f"bench: {', '.join(p.key for p in chosen)}")
     print(
@@ -295,6 +358,11 @@ async def prepare(args: argparse.Namespace, settings: Settings, chosen: list[Pha
         )
     if setup.baselines.skip:
         print(f"baselines skipped: {setup.baselines.skip}")
+    for peer in peers.values():
+        if peer.skip:
+            print(f"peer {peer.name} skipped: {peer.skip}")
+        else:
+            print(f"peer {peer.name}: {shlex.join(peer.argv)}")
     setup.idle_busy = await machine_busy()
     print(f"machine busy before the run: {setup.idle_busy:.0f}% of one core")
     return setup
@@ -343,7 +411,10 @@ async def run_phase(phase: Phase, ctx: Context) -> PhaseResult:
 
 
 COLUMNS = (
-    "columns:     msgs/s = tasks confirmed by RabbitMQ per second; p50/p99 per request "
+    "columns:     msgs/s = tasks confirmed by RabbitMQ per second; CPU ms/1k = CPU ms the "
+    "server's processes spent per 1,000 tasks in the peak run (from /proc; `pub`: the raw "
+    "publisher's own; `/call`: per 1,000 calls of a row that publishes nothing); p50/p99 "
+    "per request "
     "under peak load; p99 at half peak: open loop at half the row's peak (achieved rate "
     "after @; in brackets raw aio-pika's p99 at that message rate, the server idle: the "
     "broker's own tail); peak RSS: VmHWM summed over the server's processes "
@@ -376,7 +447,9 @@ def publish(setup: Setup, results: dict[str, PhaseResult], seconds: float) -> in
     """Print the table and its notes, write result.json; 1 when any check failed."""
     ordered = [results[p.key] for p in setup.chosen if p.key in results]
     report.add_ratios(setup.chosen, results)
-    verdict_lines = report.verdicts(setup.chosen, results)
+    floors = report.floors(results)
+    floor_lines = report.floor_lines(setup.chosen, results, floors)
+    verdict_lines = report.verdicts(setup.chosen, results, floors)
     machine = setup.machine
     gateway_python = str(setup.args.gateway_venv / "bin" / "python")
     settings_text = load_settings_text(
@@ -391,9 +464,15 @@ def publish(setup: Setup, results: dict[str, PhaseResult], seconds: float) -> in
     )
     print("\n".join(settings_text))
     print(COLUMNS)
+    print()
+    print("\n".join(floor_lines))
     if verdict_lines:
-        print("DESIGN §9 targets:")
+        print('targets (docs/performance.md, "The targets"; ratios of this run):')
         print("\n".join(verdict_lines))
+        print(
+            "  memory: flat across a 10-minute run: not checked here (each row runs "
+            f"{setup.settings.duration} s; --duration 600 measures it)"
+        )
     warnings = warnings_of(setup, ordered)
     if warnings:
         print("\n".join(warnings))
@@ -409,6 +488,8 @@ def publish(setup: Setup, results: dict[str, PhaseResult], seconds: float) -> in
         "warnings": warnings,
         "settings": vars(setup.args) | {"gateway_args": list(setup.settings.gateway_args)},
         "load_generators": settings_text,
+        "floors": floors,
+        "floor_lines": floor_lines,
         "verdicts": verdict_lines,
         "failures": failures,
     }
@@ -424,9 +505,10 @@ async def run(args: argparse.Namespace) -> int:
         for p in all_phases:
             print(f"{p.key:15} {'default' if p.default else 'opt-in ':8} {p.label}")
         return 0
-    setup = await prepare(args, settings, select(all_phases, args.phases))
+    setup = await prepare(args, settings, select(all_phases, args.phases, args.auth))
     started = time.monotonic()
-    results = await run_phases(setup)
+    async with asyncio.timeout(setup.timeout()):
+        results = await run_phases(setup)
     return publish(setup, results, time.monotonic() - started)
 
 
@@ -441,14 +523,20 @@ def main(argv: list[str] | None = None) -> int:
         assert task is not None
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
-        async with asyncio.timeout(RUN_TIMEOUT):
-            return await run(args)
+        return await run(args)
 
     try:
         return asyncio.run(guarded())
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("bench: interrupted; servers stopped and the vhost deleted", file=sys.stderr)
         return 130
+    except TimeoutError:
+        print(
+            "bench: the phases ran past their time cap (Setup.timeout); servers stopped and "
+            "the vhost deleted",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The servers under test: the gateway and the two naive baselines, each a fresh process.
+"""The servers under test, each a fresh process: the gateway (with or without authentication),
+the two naive baselines, the bare aiohttp handler of the REST floor, and the Go and Node peers.
 
 Every phase starts its own server, so each row's peak RSS is that path's own and a crash in
 one phase cannot spoil the next.
@@ -6,12 +7,14 @@ one phase cannot spoil the next.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from bench.setup_peers import Peer
 from tests.support import procs
 from tests.support.gateway_process import GatewayProcess, clean_environ
 from tests.support.ports import accepts, free_port
@@ -45,6 +48,9 @@ class Env:
     bench_python: str | None = None  # build/bench-venv (baselines)
     baselines: Path | None = None
     baseline_gen: Path | None = None  # bench_pb2 generated from baselines/proto
+    work: Path = Path(".")  # the run's scratch files (the auth phases' clients file)
+    auth_token: str = ""  # the bearer token of the auth phases' one client
+    peers: dict[str, Peer] = field(default_factory=dict)  # bench/setup_peers.py
 
 
 class ServerSpec(Protocol):
@@ -73,15 +79,24 @@ class Gateway:
     args: tuple[str, ...] = ()  # --gateway-args passthrough, e.g. ("--workers", "2")
     label: str = "gateway"
     env_overrides: dict[str, str] = field(default_factory=dict)
+    auth: bool = False  # auth.mode = "required", one client: env.auth_token
 
     async def start(self, env: Env, name: str) -> Server:
+        settings = dict(self.env_overrides)
+        if self.auth:
+            clients = env.work / "bench-clients.toml"
+            clients.write_text(clients_toml(env.auth_token))
+            settings |= {
+                "TASK_GATEWAY__AUTH__MODE": "required",
+                "TASK_GATEWAY__AUTH__CLIENTS_FILE": str(clients),
+            }
         gateway = GatewayProcess(
             env.amqp_url,
             env.log_dir,
             name=name,
             python=env.gateway_python,
             args=self.args,
-            settings=self.env_overrides,
+            settings=settings,
         )
         await gateway.start(READY_TIMEOUT)  # /readyz: broker connected, every exchange present
         assert gateway.child is not None
@@ -155,5 +170,82 @@ class FastApiBaseline:
 
         async def ready() -> bool:  # the lifespan connects to RabbitMQ before it listens
             return accepts(port)
+
+        return await _ready(server, ready)
+
+
+def clients_toml(token: str) -> str:
+    """The auth phases' clients file: one client with `token`, a quota far above any load.
+
+    The quota is there so that its check runs on every call (what a deployment pays), never
+    so that it refuses one.
+    """
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    return f"""# written by bench/servers.py for the auth phases
+[[clients]]
+name = "bench"
+token_sha256 = "{digest}"
+task_types = ["images.*"]
+rate_per_second = 1000000
+burst = 1000000
+"""
+
+
+@dataclass(frozen=True)
+class AiohttpFloor:
+    """bench/aiohttp_floor.py: a bare aiohttp handler, a fixed answer, no broker (REST floor)."""
+
+    label: str = "bare aiohttp handler"
+
+    async def start(self, env: Env, name: str) -> Server:
+        port = free_port()
+        argv = [env.gateway_python, str(env.root / "bench" / "aiohttp_floor.py"), str(port)]
+        environ = clean_environ({"PYTHONDONTWRITEBYTECODE": "1"})
+        child = await procs.spawn(name, argv, log_dir=env.log_dir, env=environ, cwd=env.log_dir)
+        server = Server(self.label, child, http_base=f"http://127.0.0.1:{port}")
+
+        async def ready() -> bool:
+            return accepts(port)
+
+        return await _ready(server, ready)
+
+
+@dataclass(frozen=True)
+class PeerServer:
+    """A peer gateway of ../shared/baselines/peers (Go or Node), built by bench/setup_peers.py.
+
+    Both take GRPC_ADDR, HTTP_ADDR and AMQP_URL (the bench vhost, where the bench declared the
+    topology: their messages land in images.queue like every row's) and run with their own
+    defaults: the Node peer one process per CPU, like the gateway's workers; the Go peer one
+    process with GOMAXPROCS = CPUs.
+    """
+
+    peer: str  # "go" | "node"
+    label: str
+
+    async def start(self, env: Env, name: str) -> Server:
+        built = env.peers.get(self.peer)
+        if built is None or built.skip:
+            raise RuntimeError(f"{self.peer} peer not built: {built.skip if built else 'unknown'}")
+        grpc_port, http_port = free_port(), free_port()
+        environ = clean_environ(
+            {
+                "GRPC_ADDR": f"127.0.0.1:{grpc_port}",
+                "HTTP_ADDR": f"127.0.0.1:{http_port}",
+                "AMQP_URL": env.amqp_url,
+            }
+        )
+        child = await procs.spawn(
+            name, built.argv, log_dir=env.log_dir, env=environ, cwd=Path(built.cwd or env.log_dir)
+        )
+        server = Server(
+            self.label,
+            child,
+            grpc_address=f"127.0.0.1:{grpc_port}",
+            http_base=f"http://127.0.0.1:{http_port}",
+        )
+
+        async def ready() -> bool:  # both listen once the AMQP connection is up
+            return accepts(grpc_port) and accepts(http_port)
 
         return await _ready(server, ready)
