@@ -5,7 +5,7 @@ Modelled on shared/baselines/raw_aiopika.py (kept here so the bench does not dep
 messages, and each of N concurrent workers awaits its own confirm before publishing again, as
 a gateway with N requests in flight would.
 
-`message="gateway"` publishes the message the gateway publishes (DESIGN 3: type, timestamp,
+`message="gateway"` publishes the message the gateway publishes (the README: type, timestamp,
 app_id and a task_key header besides the baselines' three properties), so that both rows ask
 the same work of RabbitMQ; `"minimal"` publishes the baselines' message (content type,
 message id, persistent), which costs the broker less.
