@@ -140,6 +140,7 @@ class Ingestor:
         # in flight on one channel could be confused, and one would then read as confirmed.
         self._in_flight: dict[str, asyncio.Future[None]] = {}
         self._closed = False
+        self._running_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def in_flight(self) -> int:
@@ -167,7 +168,7 @@ class Ingestor:
             # itself is never cancelled: a deadline or a cancelled call must not cut it off
             # half-way inside the AMQP client. It finishes in the background, in `in_flight`.
             # (What asyncio.wait does, without its generality on the hot path.)
-            loop = asyncio.get_running_loop()
+            loop = confirm.get_loop()  # asyncio.get_running_loop() asks the kernel for the pid
             woken = loop.create_future()
 
             def wake(_: object = None) -> None:
@@ -280,11 +281,19 @@ class Ingestor:
             for publishing in self._hooks.publishing
             if (outcome := publishing(call, route, task_id, headers)) is not None
         ]
-        publish = asyncio.ensure_future(self.broker.publish(envelope))
+        # On the loop the call runs on; asyncio.ensure_future would look the loop up with a
+        # getpid() system call (Python 3.11's fork check), a cost on every task.
+        publish = self._loop().create_task(self.broker.publish(envelope))
         self._in_flight[task_id] = publish
         IN_FLIGHT.inc()
         publish.add_done_callback(lambda done: self._forget(task_id, done, outcomes))
         return publish
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this ingestor publishes on: the one it was first used on."""
+        if self._running_loop is None:
+            self._running_loop = asyncio.get_running_loop()
+        return self._running_loop
 
     def _forget(
         self, task_id: str, done: asyncio.Future[None], outcomes: Sequence[Outcome]
