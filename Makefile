@@ -42,7 +42,7 @@ soak: $(INSTALLED) ## Minutes of load with RabbitMQ faults at random moments; lo
 # rabbitmqctl; installs h2load/wrk (apt, when root), build/bench-venv (fastapi, uvicorn) and
 # build/gateway-venv (the gateway as deployed: pip install . without the dev extra).
 BENCH_ARGS ?=
-bench: $(INSTALLED) ## Benchmark: raw aio-pika vs the gateway's gRPC, REST, batch, stream vs the baselines
+bench: $(INSTALLED) ## Benchmark: the gateway's paths vs raw aio-pika/aiormq, the baselines, the peers, the floors
 	sh bench/install-tools.sh
 	$(PY) -m bench.setup_baselines build/bench-venv
 	$(PY) -m bench.setup_gateway build/gateway-venv
