@@ -22,7 +22,7 @@ from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 
 from tests.conftest import ROOT, Topology, unavailable
 from tests.integration.test_publish import LEGACY_EXAMPLE
-from tests.support.gateway_process import read_until, start_gateway_process
+from tests.support.gateway_process import OWN_CONNECTION, read_until, start_gateway_process
 from tests.support.ports import free_port
 
 REQUEST = images_pb2.GenerateRequest(
@@ -118,7 +118,7 @@ async def test_prometheus_counts_every_call_whatever_worker_it_scrapes(
 ) -> None:
     """After N typed gRPC and M REST calls, Prometheus has N handled calls and N+M tasks."""
     for _ in range(TYPED_CALLS):  # a new connection each: the kernel spreads them over workers
-        async with grpc.aio.insecure_channel(gateway["grpc"]) as channel:
+        async with grpc.aio.insecure_channel(gateway["grpc"], options=OWN_CONNECTION) as channel:
             await images_pb2_grpc.ImagesServiceStub(channel).Generate(REQUEST, timeout=10)
     async with aiohttp.ClientSession() as http:
         for _ in range(REST_CALLS):

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 from yarl import URL
 
-from tests.support.gateway_process import read_until, start_gateway_process
+from tests.support.gateway_process import OWN_CONNECTION, read_until, start_gateway_process
 from tests.support.ports import free_port
 from tests.support.rabbitmq import Topology
 from tests.support.tcp_proxy import TcpProxy
@@ -25,7 +25,7 @@ REQUEST = images_pb2.GenerateRequest(
 
 async def _health(address: str) -> int:
     """The overall health status, asked on a new connection (the kernel picks the worker)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
         answer = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=10
         )
@@ -34,7 +34,7 @@ async def _health(address: str) -> int:
 
 async def _publish(address: str) -> grpc.StatusCode:
     """One typed publish on a new connection; its status code."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
         try:
             await images_pb2_grpc.ImagesServiceStub(channel).Generate(REQUEST, timeout=10)
         except grpc.aio.AioRpcError as error:

@@ -18,7 +18,7 @@ from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 from yarl import URL
 
 from tests.conftest import Topology
-from tests.support.gateway_process import start_gateway_process
+from tests.support.gateway_process import OWN_CONNECTION, start_gateway_process
 from tests.support.ports import free_port
 from tests.support.rabbitmq import rabbitmqctl
 
@@ -95,7 +95,7 @@ async def gateway(
 
 async def _publish(address: str, token: str) -> grpc.StatusCode:
     """One typed task on a new connection (the kernel picks the worker)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=OWN_CONNECTION) as channel:
         try:
             await images_pb2_grpc.ImagesServiceStub(channel).Generate(
                 REQUEST, metadata=(("authorization", f"Bearer {token}"),), timeout=10

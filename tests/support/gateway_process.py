@@ -19,7 +19,18 @@ import aiohttp
 from tests.support import ROOT, procs
 from tests.support.ports import free_port
 
-__all__ = ["Addresses", "GatewayProcess", "clean_environ", "read_until", "start_gateway_process"]
+__all__ = [
+    "OWN_CONNECTION",
+    "Addresses",
+    "GatewayProcess",
+    "clean_environ",
+    "read_until",
+    "start_gateway_process",
+]
+
+# Options of a grpc channel that opens a connection of its own. Channels to one address
+# otherwise share one connection, so that with several workers they all reach the same one.
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 
 def clean_environ(extra: Mapping[str, str]) -> dict[str, str]:

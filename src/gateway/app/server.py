@@ -317,6 +317,7 @@ def serve(
     siblings: Siblings | None = None,
     workers: WorkerStates | None = None,
     worker_index: int = 0,
+    buckets: Buckets | None = None,
 ) -> bool:
     """Run one gateway in this process until SIGTERM or SIGINT (on uvloop where there is one)."""
     tracing = start_tracing(__version__)  # here, in each worker: after the fork
@@ -326,6 +327,7 @@ def serve(
         workers=workers,
         worker_index=worker_index,
         tracer=tracing[0] if tracing else None,
+        buckets=buckets,
     )
     try:
         return _run(gateway, siblings)
@@ -349,11 +351,13 @@ def serve_main(
     siblings: Siblings | None = None,
     workers: WorkerStates | None = None,
     worker_index: int = 0,
+    buckets: Buckets | None = None,
 ) -> int:
     """`python -m gateway`, or one of its workers (`reuse_port`); the exit code.
 
     `siblings`: the workers this one forked (gateway.app.workers), to watch and stop with it.
-    `workers`: the states all the workers share, this one's at `worker_index`.
+    `workers`: the states all the workers share, this one's at `worker_index`; `buckets`: the
+    rate quotas' buckets they share.
     """
     configure_logging_for(settings)
     if not settings.broker_urls:
@@ -370,6 +374,7 @@ def serve_main(
             siblings=siblings,
             workers=workers,
             worker_index=worker_index,
+            buckets=buckets,
         )
     except ConfigError as exc:
         print(f"task-gateway: configuration error: {exc}", file=sys.stderr)

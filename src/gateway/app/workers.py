@@ -27,6 +27,7 @@ from collections.abc import Callable
 import structlog
 
 from gateway.config import Settings
+from gateway.core.quota import Buckets
 
 __all__ = ["Siblings", "WorkerStates", "default_workers", "run_workers"]
 
@@ -64,19 +65,27 @@ def run_workers(settings: Settings, count: int) -> int:
     """Serve in this process and in `count - 1` forked ones; return the exit code."""
     parent = os.getpid()
     states = WorkerStates(count)  # before the forks: every worker shares it
+    # Before the forks too: a client's rate quota holds for the gateway, whatever worker its
+    # connections land on.
+    buckets = Buckets() if settings.auth.mode == "required" else None
     pids = []
     for index in range(1, count):
         # Signals wait until the child has its own handlers (they are the parent's until then).
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         pid = os.fork()
         if pid == 0:
-            os._exit(_forked_worker(settings, parent, states, index))
+            os._exit(_forked_worker(settings, parent, states, buckets, index))
         pids.append(pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     from gateway.app.server import serve_main
 
     return serve_main(
-        settings, reuse_port=True, siblings=Siblings(pids), workers=states, worker_index=0
+        settings,
+        reuse_port=True,
+        siblings=Siblings(pids),
+        workers=states,
+        worker_index=0,
+        buckets=buckets,
     )
 
 
@@ -130,7 +139,9 @@ class Siblings:
             on_failure()
 
 
-def _forked_worker(settings: Settings, parent: int, states: WorkerStates, index: int) -> int:
+def _forked_worker(
+    settings: Settings, parent: int, states: WorkerStates, buckets: Buckets | None, index: int
+) -> int:
     """A forked worker, to its exit code; it loads the server itself, after the fork."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -144,7 +155,9 @@ def _forked_worker(settings: Settings, parent: int, states: WorkerStates, index:
     try:
         from gateway.app.server import serve_main
 
-        code = serve_main(settings, reuse_port=True, workers=states, worker_index=index)
+        code = serve_main(
+            settings, reuse_port=True, workers=states, worker_index=index, buckets=buckets
+        )
     except KeyboardInterrupt:
         code = 0
     except BaseException:  # os._exit skips the interpreter's own report
