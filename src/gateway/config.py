@@ -34,6 +34,7 @@ __all__ = [
     "Settings",
     "TlsSettings",
     "load_settings",
+    "redact",
 ]
 
 ENV_PREFIX = "TASK_GATEWAY__"
@@ -389,17 +390,18 @@ def _check_amqp_url(url: str) -> None:
         parts = urllib.parse.urlsplit(url)
         port = parts.port  # raises for a port that is not a number in 0..65535
     except ValueError as exc:
-        raise ConfigError(f"broker.address: {_masked(url)!r} is not a URL: {exc}") from None
+        raise ConfigError(f"broker.address: {redact(url)!r} is not a URL: {exc}") from None
     if parts.scheme not in ("amqp", "amqps"):
-        raise ConfigError(f"broker.address: {_masked(url)!r} is not an amqp:// or amqps:// URL")
+        raise ConfigError(f"broker.address: {redact(url)!r} is not an amqp:// or amqps:// URL")
     if not parts.hostname:
-        raise ConfigError(f"broker.address: {_masked(url)!r} names no host")
+        raise ConfigError(f"broker.address: {redact(url)!r} names no host")
     if port == 0:
-        raise ConfigError(f"broker.address: {_masked(url)!r} has port 0")
+        raise ConfigError(f"broker.address: {redact(url)!r} has port 0")
 
 
-def _masked(url: str) -> str:
-    """The URL with any password replaced, for an error message."""
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for logs and messages; a URL that does not
+    parse is redacted too."""
     scheme, separator, rest = url.partition("://")
     credentials, at, location = rest.rpartition("@")
     if not at or ":" not in credentials:

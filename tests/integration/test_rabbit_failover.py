@@ -18,7 +18,8 @@ import pytest
 import structlog.testing
 from yarl import URL
 
-from gateway.broker.rabbit import RabbitBroker, redact
+from gateway.broker.rabbit import RabbitBroker
+from gateway.config import redact
 from gateway.errors import Code, GatewayError
 from tests.integration.test_rabbit_broker import envelope, through, wait_connected
 from tests.support.rabbitmq import Topology

@@ -57,9 +57,10 @@ from yarl import URL
 
 from gateway.broker import metrics
 from gateway.broker.base import Broker, Envelope
+from gateway.config import redact
 from gateway.errors import Code, ConfigError, GatewayError, exchange_not_found, unroutable
 
-__all__ = ["RabbitBroker", "TlsFiles", "redact", "tls_context"]
+__all__ = ["RabbitBroker", "TlsFiles", "tls_context"]
 
 log = structlog.get_logger(logger_name="gateway.broker.rabbit")
 
@@ -78,12 +79,6 @@ _LOST = (
 _UNREACHABLE = (*_LOST, OSError, TimeoutError)
 
 _T = TypeVar("_T")
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    parsed = URL(url)
-    return str(parsed.with_password("***")) if parsed.password else url
 
 
 @dataclass(frozen=True)
@@ -433,23 +428,20 @@ class RabbitBroker(Broker):
             attempt += 1
             try:
                 connection = await self._connect(url, "control")
-            except _UNREACHABLE as exc:
-                log.warning(
-                    "cannot connect to RabbitMQ",
-                    url=redact(url),
-                    error=str(exc) or type(exc).__name__,
-                    retry_in_seconds=backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
-                continue
-            except Exception:
-                # A bug, or an error no one foresaw: logged whole, then the same backoff.
-                log.exception(
-                    "unexpected error connecting to RabbitMQ",
-                    url=redact(url),
-                    retry_in_seconds=backoff,
-                )
+            except Exception as exc:
+                if isinstance(exc, _UNREACHABLE):
+                    log.warning(
+                        "cannot connect to RabbitMQ",
+                        url=redact(url),
+                        error=str(exc) or type(exc).__name__,
+                        retry_in_seconds=backoff,
+                    )
+                else:  # a bug, or an error no one foresaw: logged whole, then the same backoff
+                    log.exception(
+                        "unexpected error connecting to RabbitMQ",
+                        url=redact(url),
+                        retry_in_seconds=backoff,
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue

@@ -21,7 +21,10 @@ from google.protobuf.message import Message
 
 from gateway.errors import FieldViolation
 
-__all__ = ["parse_json_object"]
+__all__ = ["json_number", "parse_json_object"]
+
+# Integers a double holds exactly: within this, a double that is integral was an integer.
+_EXACT_INTEGER_LIMIT = 2**53
 
 # `... at GenerateRequest.payload.width.` (some versions quote the path).
 _PATH = re.compile(r' at "?[^".\s]+\.([^"\s]+?)"?\.?$')
@@ -46,6 +49,18 @@ def parse_json_object(
         # "@type" in an Any); they are still the client's input, not a gateway fault.
         return [FieldViolation(prefix or "body", f"cannot be parsed: {exc}")]
     return []
+
+
+def json_number(number: float) -> int | float:
+    """A double from protobuf as the JSON number it was: `1.0` as `1`.
+
+    A Struct (and protobuf's JSON mapping of it) keeps every number as a double; the legacy
+    service forwarded `1` as `1`, so integral values within a double's exact range become
+    ints again.
+    """
+    if number.is_integer() and abs(number) <= _EXACT_INTEGER_LIMIT:
+        return int(number)
+    return number
 
 
 def _violation(text: str, prefix: str) -> FieldViolation:

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from gateway.contracts.files import GATEWAY_SERVICE
+from gateway.contracts.jsonmapping import json_number
 from gateway.contracts.routing import Route
 from gateway.core.context import CallContext
 from gateway.core.ingest import Accepted, Ingestor, TaskRequest
@@ -262,15 +263,8 @@ def _catalog_entry(route: Route) -> gateway_pb2.TaskType:
 
 
 def struct_to_python(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain JSON values, integral numbers as ints.
-
-    Struct keeps every number as a double; the legacy service forwarded `1` as `1`, so
-    integral values within a double's exact range become ints again.
-    """
+    """A Struct as plain JSON values, integral numbers as ints (`json_number`)."""
     return {key: _value_to_python(value) for key, value in struct.fields.items()}
-
-
-_EXACT_INTEGER_LIMIT = 2**53
 
 
 def _value_to_python(value: struct_pb2.Value) -> Any:
@@ -280,10 +274,7 @@ def _value_to_python(value: struct_pb2.Value) -> Any:
     if kind == "list_value":
         return [_value_to_python(item) for item in value.list_value.values]
     if kind == "number_value":
-        number = value.number_value
-        if number.is_integer() and abs(number) <= _EXACT_INTEGER_LIMIT:
-            return int(number)
-        return number
+        return json_number(value.number_value)
     if kind in ("string_value", "bool_value"):
         return getattr(value, kind)
     return None

@@ -37,17 +37,8 @@ class Tracing(Middleware):
         name = method.full_name.lstrip("/")
 
         async def traced(request: Any, call: CallContext) -> Message:
-            with self._server_span(name, method, call) as span:
-                try:
-                    response = await handler(request, call)
-                except GatewayError as error:
-                    _failed(span, error.code, error.message, server=True)
-                    raise
-                except Exception:
-                    _failed(span, Code.INTERNAL, "internal error", server=True)
-                    raise
-                span.set_attribute("rpc.grpc.status_code", int(Code.OK))
-                return response
+            with self._server_span(name, method, call):
+                return await handler(request, call)
 
         return traced
 
@@ -55,17 +46,9 @@ class Tracing(Middleware):
         name = method.full_name.lstrip("/")
 
         async def traced(requests: AsyncIterator[Any], call: CallContext) -> AsyncIterator[Message]:
-            with self._server_span(name, method, call) as span:
-                try:
-                    async for response in handler(requests, call):
-                        yield response
-                except GatewayError as error:
-                    _failed(span, error.code, error.message, server=True)
-                    raise
-                except Exception:
-                    _failed(span, Code.INTERNAL, "internal error", server=True)
-                    raise
-                span.set_attribute("rpc.grpc.status_code", int(Code.OK))
+            with self._server_span(name, method, call):
+                async for response in handler(requests, call):
+                    yield response
 
         return traced
 
@@ -122,14 +105,17 @@ class Tracing(Middleware):
 
 
 class _ServerSpan:
-    """The current server span, with its ids bound to every log line of the call."""
+    """The current server span, with its ids bound to every log line of the call, and the
+    status the call ended with recorded on it."""
 
     def __init__(self, manager: Any) -> None:
         self._manager = manager
+        self._span: Any = None
         self._logged: Any = None
 
     def __enter__(self) -> trace.Span:
         span: trace.Span = self._manager.__enter__()
+        self._span = span
         ids = span.get_span_context()
         self._logged = structlog.contextvars.bound_contextvars(
             trace_id=format(ids.trace_id, "032x"), span_id=format(ids.span_id, "016x")
@@ -138,6 +124,13 @@ class _ServerSpan:
         return span
 
     def __exit__(self, *exc_info: Any) -> Any:
+        error = exc_info[1]
+        if error is None:
+            self._span.set_attribute("rpc.grpc.status_code", int(Code.OK))
+        elif isinstance(error, GatewayError):
+            _failed(self._span, error.code, error.message, server=True)
+        elif isinstance(error, Exception):  # not a cancellation, nor a stream closed early
+            _failed(self._span, Code.INTERNAL, "internal error", server=True)
         self._logged.__exit__(*exc_info)
         return self._manager.__exit__(*exc_info)
 

@@ -17,13 +17,9 @@ from gateway.core.context import CallContext
 from gateway.core.methods import Methods
 from gateway.errors import ConfigError, GatewayError
 from gateway.transport import metrics
-from gateway.transport.grpc_service import ServiceHandlers, method_handlers
+from gateway.transport.grpc_service import ServiceHandlers, call_context, method_handlers
 from gateway.transport.reflection import reflection_handlers
-from gateway.transport.tls import (
-    CertificateFiles,
-    grpc_credentials,
-    peer_identity_from_auth_context,
-)
+from gateway.transport.tls import CertificateFiles, grpc_credentials
 
 __all__ = ["GrpcServer"]
 
@@ -130,16 +126,8 @@ class GrpcServer:
                     behaviour: Any = behaviour,
                     method: str = method,
                 ) -> Any:
-                    call = CallContext.start(
-                        "grpc",
-                        method=method,
-                        peer=context.peer(),
-                        timeout=context.time_remaining(),
-                        metadata=dict(context.invocation_metadata() or ()),
-                        peer_identity=peer_identity_from_auth_context(context.auth_context()),
-                    )
                     try:
-                        authenticate(call)
+                        authenticate(call_context(method, context))
                     except GatewayError as error:
                         await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
                     async for response in behaviour(requests, context):

@@ -46,7 +46,7 @@ def method_handlers(methods: Methods, *, identify_peers: bool) -> ServiceHandler
 
 def _handler(method: Method, identify_peers: bool) -> grpc.RpcMethodHandler[Any, Any]:
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
-        call = call_context(method, context, identify_peers)
+        call = call_context(method.full_name, context, identify_peers)
         try:
             response: Message = await method.handler(_parse(method, raw, call), call)
         except GatewayError as error:
@@ -68,7 +68,7 @@ def _stream_handler(method: Method, identify_peers: bool) -> grpc.RpcMethodHandl
     async def handle(
         raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Message]:
-        call = call_context(method, context, identify_peers)
+        call = call_context(method.full_name, context, identify_peers)
 
         async def requests() -> AsyncIterator[Message]:
             async for raw in raw_requests:
@@ -103,16 +103,16 @@ def _unexpected(call: CallContext) -> GatewayError:
 
 
 def call_context(
-    method: Method, context: grpc.aio.ServicerContext[Any, Any], identify_peer: bool = True
+    method: str, context: grpc.aio.ServicerContext[Any, Any], identify_peer: bool = True
 ) -> CallContext:
-    """What the gRPC call says about itself: peer, deadline, metadata, client certificate
-    (with `identify_peer`: only mutual TLS has one to read)."""
+    """What the gRPC call of `method` (its wire name) says about itself: peer, deadline,
+    metadata, client certificate (with `identify_peer`: only mutual TLS has one to read)."""
     metadata = {
         key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
     }
     return CallContext.start(
         "grpc",
-        method=method.full_name,
+        method=method,
         peer=context.peer(),
         timeout=context.time_remaining(),
         metadata=metadata,

@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 
 from gateway.config import TlsSettings
 from gateway.contracts.http_rules import HttpRule
-from gateway.contracts.jsonmapping import parse_json_object
+from gateway.contracts.jsonmapping import json_number, parse_json_object
 from gateway.core.context import LOGGED_REQUEST_ID_LENGTH, CallContext
 from gateway.core.method import Method
 from gateway.core.methods import Methods
@@ -531,8 +531,8 @@ def _to_json(message: Message) -> bytes:
 
 def _integral_floats_as_ints(value: Any) -> Any:
     """Struct numbers are doubles; `256.0` in a JSON Schema reads better as `256`."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
-        return int(value)
+    if isinstance(value, float):
+        return json_number(value)
     if isinstance(value, dict):
         return {k: _integral_floats_as_ints(v) for k, v in value.items()}
     if isinstance(value, list):
