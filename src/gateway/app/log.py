@@ -9,11 +9,11 @@ standard library (grpc, aio-pika) are rendered by the same processors.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import structlog
 
+from gateway.app.workers import worker_pid
 from gateway.config import Settings
 from gateway.core.middleware import add_call_fields
 
@@ -75,5 +75,5 @@ def _add_process(
     logger: object, method: str, event: structlog.types.EventDict
 ) -> structlog.types.EventDict:
     """The pid tells worker processes apart (several share the ports)."""
-    event["process"] = os.getpid()
+    event["process"] = worker_pid()
     return event

@@ -23,7 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["ENVIRONMENT_VARIABLE", "prepare", "process_identifier"]
+from gateway.app.workers import worker_pid
+
+__all__ = ["ENVIRONMENT_VARIABLE", "prepare"]
 
 ENVIRONMENT_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -53,26 +55,10 @@ def prepare() -> Path:
     return directory
 
 
-_pid = os.getpid()
-
-
-def process_identifier() -> int:
-    """This process's pid, as of its last fork (what prometheus-client names its files by)."""
-    return _pid
-
-
-def _refresh_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_refresh_pid)
-
-
 def _identify_without_a_system_call() -> None:
     # Every metric is made after this (the server is loaded later), so every value uses it.
     from prometheus_client import values
 
     values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
-        process_identifier=process_identifier
+        process_identifier=worker_pid
     )

@@ -29,7 +29,7 @@ import structlog
 from gateway.config import Settings
 from gateway.core.quota import Buckets
 
-__all__ = ["Siblings", "WorkerStates", "default_workers", "run_workers"]
+__all__ = ["Siblings", "WorkerStates", "default_workers", "run_workers", "worker_pid"]
 
 log = structlog.get_logger(logger_name="gateway.workers")
 
@@ -54,6 +54,23 @@ class WorkerStates:
     def disconnected(self) -> list[int]:
         """The workers (numbered from 1) whose broker is not connected."""
         return [index + 1 for index in range(self.count) if not self._bytes[index]]
+
+
+_pid = os.getpid()
+
+
+def worker_pid() -> int:
+    """This process's pid, kept in memory: os.getpid() is a system call, and it is asked for on
+    every log line and every metric write."""
+    return _pid
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
 
 
 def default_workers() -> int:
