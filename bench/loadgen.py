@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.pydriver import percentile
 from tests.support import procs
 
 ROOT = Path(__file__).resolve().parents[1]  # the driver runs as `python -m bench.pydriver` here
@@ -151,19 +152,12 @@ async def _run_to_end(child: procs.Child, timeout: float) -> None:
 
 def _latency_percentiles(log_file: Path) -> tuple[float | None, float | None]:
     """p50, p99 (ms) of the 200 rows of an h2load --log-file (start, status, duration us)."""
-    durations = []
+    seconds = []
     for line in log_file.read_text().splitlines():
         cols = line.split("\t")
         if len(cols) >= 3 and cols[1] == "200":
-            durations.append(int(cols[2]))
-    if not durations:
-        return None, None
-    durations.sort()
-
-    def pick(q: float) -> float:
-        return round(durations[max(0, round(q / 100 * len(durations)) - 1)] / 1000, 3)
-
-    return pick(50), pick(99)
+            seconds.append(int(cols[2]) / 1e6)
+    return percentile(seconds, 50), percentile(seconds, 99)
 
 
 async def h2load(

@@ -14,13 +14,12 @@ import json
 import subprocess
 import sys
 import time
-from typing import Any
 
 from taskgateway_api.images.v1 import images_pb2
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from gateway.app.server import Gateway
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 # The client: one raw request, gRPC (frame bytes from stdin) or HTTP, in a process of its own
 # so that building and sending it takes nothing from the gateway's loop.
@@ -127,7 +126,7 @@ async def main() -> int:
     return 0
 
 
-def run(argv: Any = None) -> int:
+def run() -> int:
     import structlog
 
     structlog.configure(

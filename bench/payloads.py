@@ -3,6 +3,9 @@
 All paths publish the same task (task type images.generate, routed by definitions.json to
 images.queue), so their messages land in one queue and every row does the same broker work.
 The gRPC messages are built from the generated classes, never hand-encoded.
+
+The protobuf modules are imported where a message is built, not here: the raw publishers
+import `amqp_task` from this module, and their process's peak RSS is a row of the table.
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ import importlib
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from google.protobuf import any_pb2, json_format, struct_pb2
-from taskgateway_api.images.v1 import images_pb2
-from taskgateway_api.taskgateway.v1 import gateway_pb2
+if TYPE_CHECKING:
+    from taskgateway_api.images.v1 import images_pb2
+    from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 USER_ID = "12345"
 TASK_TYPE = "images.generate"
@@ -37,6 +42,32 @@ def rest_body() -> bytes:
     return json.dumps(LEGACY_REQUEST, separators=(",", ":")).encode()
 
 
+def amqp_task(
+    request: dict[str, Any], service_name: str, gateway: bool = True
+) -> tuple[str, bytes, dict[str, Any]]:
+    """One task as the raw publishers send it, built per message as a gateway would.
+
+    Its task id; its body, compact JSON of the task id and `request`; and, with `gateway`, the
+    properties the gateway adds to the baselines' three (content type, message id,
+    persistent): type, timestamp, app_id and the task_key header, by their AMQP (and aio-pika)
+    names. Without `gateway` no properties: the baselines' message.
+    """
+    task_id = str(uuid.uuid4())
+    body = json.dumps({"task_id": task_id, **request}, separators=(",", ":")).encode()
+    if not gateway:
+        return task_id, body, {}
+    return (
+        task_id,
+        body,
+        {
+            "type": request.get("task_type"),
+            "timestamp": datetime.now(UTC),
+            "app_id": "task-gateway",
+            "headers": {"task_key": f"{request.get('user_id')}:{service_name}:{task_id}"},
+        },
+    )
+
+
 def grpc_frames(messages: list[bytes]) -> bytes:
     """Length-prefixed gRPC messages (uncompressed), concatenated: an h2load request body."""
     return b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)
@@ -44,6 +75,8 @@ def grpc_frames(messages: list[bytes]) -> bytes:
 
 def generate_request() -> images_pb2.GenerateRequest:
     """images.v1.ImagesService/Generate: the typed request."""
+    from taskgateway_api.images.v1 import images_pb2
+
     return images_pb2.GenerateRequest(
         user_id=USER_ID, payload=images_pb2.GeneratePayload(**PAYLOAD)
     )
@@ -51,12 +84,18 @@ def generate_request() -> images_pb2.GenerateRequest:
 
 def publish_request() -> gateway_pb2.PublishRequest:
     """taskgateway.v1.TaskGatewayService/Publish: the legacy contract, Struct payload."""
+    from google.protobuf import struct_pb2
+    from taskgateway_api.taskgateway.v1 import gateway_pb2
+
     payload = struct_pb2.Struct()
     payload.update(PAYLOAD)
     return gateway_pb2.PublishRequest(user_id=USER_ID, task_type=TASK_TYPE, payload=payload)
 
 
 def _typed_entry() -> gateway_pb2.TaskEntry:
+    from google.protobuf import any_pb2
+    from taskgateway_api.taskgateway.v1 import gateway_pb2
+
     typed = any_pb2.Any()
     typed.Pack(generate_request())
     return gateway_pb2.TaskEntry(typed=typed)
@@ -64,11 +103,15 @@ def _typed_entry() -> gateway_pb2.TaskEntry:
 
 def batch_request(size: int) -> gateway_pb2.PublishBatchRequest:
     """PublishBatch with `size` typed images.generate entries."""
+    from taskgateway_api.taskgateway.v1 import gateway_pb2
+
     return gateway_pb2.PublishBatchRequest(entries=[_typed_entry() for _ in range(size)])
 
 
 def stream_requests(size: int) -> list[gateway_pb2.PublishStreamRequest]:
     """`size` PublishStream messages, one typed images.generate task each."""
+    from taskgateway_api.taskgateway.v1 import gateway_pb2
+
     return [gateway_pb2.PublishStreamRequest(entry=_typed_entry()) for _ in range(size)]
 
 
@@ -123,6 +166,8 @@ def baseline_stubs(proto_dir: Path, out_dir: Path) -> ModuleType:
 
 def baseline_publish_request(bench_pb2: ModuleType) -> Any:
     """bench.v1.Broker/Publish: the naive baseline's request (generic Struct payload)."""
+    from google.protobuf import json_format
+
     request = bench_pb2.PublishRequest(user_id=USER_ID, task_type=TASK_TYPE)
     json_format.ParseDict(PAYLOAD, request.payload)
     return request

@@ -274,17 +274,16 @@ class Phase:
         landed = await ctx.topology.settle()
         k = self.msgs_per_request if per_request is None else per_request
         low, high = run.expect[0] * k, run.expect[1] * k
+        expected = f"{low}" if low == high else f"{low}..{high}"
         result.runs[what] = asdict(run) | {"landed": landed, "rate": round(run.rate, 1)}
         if run.errors:
             result.fail(f"{what}: {run.tool} saw failed requests: {run.errors}")
         if not low <= landed <= high:
             result.fail(
-                f"{what}: {landed} messages in the queues, expected "
-                + (f"{low}" if low == high else f"{low}..{high}")
-                + f" ({run.tool}: {run.expect[0]} successful requests x {k})"
+                f"{what}: {landed} messages in the queues, expected {expected}"
+                f" ({run.tool}: {run.expect[0]} successful requests x {k})"
             )
         else:
-            expected = f"{low}" if low == high else f"{low}..{high}"
             result.checks.append(f"{what}: {landed} messages landed, expected {expected}: ok")
         await ctx.topology.purge()
         return landed
@@ -480,6 +479,10 @@ class SdkPhase(Phase):
         )
 
 
+def _generate_request(ctx: Context) -> Sequence[Message]:
+    return [payloads.generate_request()]
+
+
 def _baseline_request(ctx: Context) -> Sequence[Message]:
     assert ctx.bench_pb2 is not None
     return [payloads.baseline_publish_request(ctx.bench_pb2)]
@@ -521,7 +524,7 @@ def phases(settings: Settings) -> list[Phase]:
             "gateway gRPC images.v1.ImagesService/Generate",
             server=gateway,
             method=typed,
-            messages=lambda ctx: [payloads.generate_request()],
+            messages=_generate_request,
             compare=unary,
             floor="grpc",
         ),
@@ -531,7 +534,7 @@ def phases(settings: Settings) -> list[Phase]:
             "gateway gRPC ImagesService/Generate, auth on",
             server=gateway_auth,
             method=typed,
-            messages=lambda ctx: [payloads.generate_request()],
+            messages=_generate_request,
             compare=(("grpc.typed", None), *unary),
             floor="grpc",
             auth=True,
@@ -628,7 +631,7 @@ def phases(settings: Settings) -> list[Phase]:
             "Go peer gRPC ImagesService/Generate",
             server=PeerServer("go", "Go peer (grpc-go + amqp091-go)"),
             method=typed,
-            messages=lambda ctx: [payloads.generate_request()],
+            messages=_generate_request,
             peer="go",
             half_peak=False,
             compare=(("grpc.typed", None),),
@@ -646,7 +649,7 @@ def phases(settings: Settings) -> list[Phase]:
             "Node peer gRPC ImagesService/Generate",
             server=PeerServer("node", "Node peer (grpc-js + amqplib)"),
             method=typed,
-            messages=lambda ctx: [payloads.generate_request()],
+            messages=_generate_request,
             peer="node",
             half_peak=False,
             compare=(("grpc.typed", None),),

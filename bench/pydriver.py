@@ -183,7 +183,8 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[rank] * 1000, 3)
 
 
-def _cpu() -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process so far (every thread), user + system."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -192,10 +193,10 @@ async def _markers(stats: Stats, cpu: list[float]) -> None:
     """Print the window markers at the window's edges, noting our CPU time there."""
     start, end = stats.window
     await asyncio.sleep(max(0.0, start - time.perf_counter()))
-    cpu.append(_cpu())
+    cpu.append(cpu_seconds())
     print("BENCH_MEASURE_START", flush=True)
     await asyncio.sleep(max(0.0, end - time.perf_counter()))
-    cpu.append(_cpu())
+    cpu.append(cpu_seconds())
     print("BENCH_MEASURE_END", flush=True)
 
 
@@ -239,7 +240,12 @@ async def open_loop(
     await asyncio.gather(*pending)
 
 
-def _vm_hwm_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), in MiB.
+
+    Not getrusage's ru_maxrss: after exec it keeps the high-water mark of the image it
+    replaced, i.e. of the orchestrator this driver was forked from.
+    """
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -292,7 +298,7 @@ async def drive(args: argparse.Namespace, body: bytes) -> dict[str, Any]:
         "service_p50_ms": percentile(stats.service, 50),
         "service_p99_ms": percentile(stats.service, 99),
         "cpu_percent": round(100 * (cpu[1] - cpu[0]) / args.duration, 1),
-        "peak_rss_mb": round(_vm_hwm_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 
@@ -331,15 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=2048)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
     body = Path(args.body).read_bytes() if args.body else b""
-    if args.no_uvloop:
-        result = asyncio.run(drive(args, body))
-    else:
-        import uvloop  # same event loop as the gateway and the baselines
+    import uvloop  # same event loop as the gateway and the baselines
 
-        result = uvloop.run(drive(args, body))
+    result = uvloop.run(drive(args, body))
     print("BENCH_JSON " + json.dumps(result), flush=True)
     return 0
 

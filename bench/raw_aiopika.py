@@ -16,13 +16,12 @@ and the open loop (fixed rate) and the measurements.
 
 from __future__ import annotations
 
-import json
-import uuid
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+
+from bench.payloads import amqp_task
 
 
 class RawPublisher:
@@ -54,19 +53,9 @@ class RawPublisher:
     async def call(self) -> str | None:
         """Publish and await the confirm; None on success, else what went wrong."""
         assert self.exchange is not None
-        task_id = str(uuid.uuid4())
-        # Serialised per message, as a gateway would: the body carries the task id.
-        body = json.dumps({"task_id": task_id, **self.request}, separators=(",", ":")).encode()
-        properties: dict[str, Any] = {}
-        if self.message == "gateway":
-            properties = {
-                "type": self.request.get("task_type"),
-                "timestamp": datetime.now(UTC),
-                "app_id": "task-gateway",
-                "headers": {
-                    "task_key": f"{self.request.get('user_id')}:{self.service_name}:{task_id}"
-                },
-            }
+        task_id, body, properties = amqp_task(
+            self.request, self.service_name, gateway=self.message == "gateway"
+        )
         message = aio_pika.Message(
             body,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

@@ -13,14 +13,13 @@ Driven by bench/pydriver.py (`--target amqp --library aiormq`).
 
 from __future__ import annotations
 
-import json
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection
 from pamqp.commands import Basic
+
+from bench.payloads import amqp_task
 
 
 class RawAiormqPublisher:
@@ -50,17 +49,15 @@ class RawAiormqPublisher:
     async def call(self) -> str | None:
         """Publish and await the confirm; None on success, else what went wrong."""
         assert self.channel is not None
-        task_id = str(uuid.uuid4())
-        # Serialised per message, as a gateway would: the body carries the task id.
-        body = json.dumps({"task_id": task_id, **self.request}, separators=(",", ":")).encode()
+        task_id, body, gateway = amqp_task(self.request, self.service_name)
         properties = Basic.Properties(
             delivery_mode=2,
             content_type="application/json",
             message_id=task_id,
-            message_type=self.request.get("task_type"),
-            timestamp=datetime.now(UTC),
-            app_id="task-gateway",
-            headers={"task_key": f"{self.request.get('user_id')}:{self.service_name}:{task_id}"},
+            message_type=gateway["type"],
+            timestamp=gateway["timestamp"],
+            app_id=gateway["app_id"],
+            headers=gateway["headers"],
         )
         try:
             confirmation = await self.channel.basic_publish(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import secrets
 import shlex
 import shutil
@@ -38,6 +37,7 @@ from bench import payloads, report, setup_peers  # noqa: E402
 from bench.loadgen import Tools  # noqa: E402
 from bench.phases import Context, Phase, PhaseResult, Settings, phases  # noqa: E402
 from bench.servers import Env  # noqa: E402
+from bench.setup_baselines import default_baselines, git  # noqa: E402
 from tests.support import procs, rabbitmq  # noqa: E402
 from tests.support.rabbitmq import topology_at  # noqa: E402
 
@@ -47,34 +47,17 @@ OTHER_CPU_WARNING = 25.0  # % of one core used by other processes that makes a r
 
 async def machine_busy(seconds: float = 2.0) -> float:
     """% of one core the machine is busy with while the bench does nothing."""
-    before = procs.machine_busy_ticks()
+    window = procs.CpuWindow({})
+    window.start()
     await asyncio.sleep(seconds)
-    after = procs.machine_busy_ticks()
-    ncpu = os.cpu_count() or 1
-    return round(100 * ncpu * (after[0] - before[0]) / max(after[1] - before[1], 1), 1)
-
-
-def _git(*args: str) -> str:
-    """What `git ARGS` prints in this checkout (raises when git is missing or fails)."""
-    return subprocess.run(
-        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
-    ).stdout.strip()
-
-
-def default_baselines() -> Path:
-    """$(git rev-parse --show-toplevel)/../shared/baselines."""
-    try:
-        top = _git("rev-parse", "--show-toplevel")
-    except (subprocess.SubprocessError, OSError):
-        top = str(ROOT)
-    return (Path(top) / ".." / "shared" / "baselines").resolve()
+    return window.stop()["machine"]
 
 
 def gateway_revision() -> str:
     """The commit the gateway runs from, `+dirty` when src/ or proto/ has local changes."""
     try:
-        head = _git("rev-parse", "--short", "HEAD")
-        dirty = _git("status", "--porcelain", "--", "src", "proto")
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "src", "proto")
     except (subprocess.SubprocessError, OSError):
         return "unknown"
     return head + ("+dirty" if dirty else "")

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import resource
 import sys
 import threading
 import time
@@ -31,6 +30,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench.pydriver import cpu_seconds, peak_rss_mb, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 SDK = ROOT / "clients" / "python" / "src"
@@ -43,18 +44,13 @@ def _sdk_path() -> None:
         sys.path.insert(0, str(SDK))
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
-    return usage.ru_utime + usage.ru_stime
-
-
 def _cpu_at(moments: tuple[float, float], out: list[float]) -> threading.Thread:
     """A thread noting this process's CPU time at the two moments (perf_counter)."""
 
     def note() -> None:
         for moment in moments:
             time.sleep(max(0.0, moment - time.perf_counter()))
-            out.append(_cpu())
+            out.append(cpu_seconds())
 
     thread = threading.Thread(target=note, daemon=True)
     thread.start()
@@ -178,7 +174,7 @@ def run_sync(args: argparse.Namespace, origin: float) -> dict[str, Any]:
 def run_one(args: argparse.Namespace, origin: float) -> dict[str, Any]:
     """One process's run; its peak RSS too (each process reports its own)."""
     result = (run_async if args.client == "async" else run_sync)(args, origin)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     return result
 
 
@@ -186,15 +182,6 @@ def _markers(window: tuple[float, float]) -> None:
     for marker, moment in zip(("BENCH_MEASURE_START", "BENCH_MEASURE_END"), window, strict=True):
         time.sleep(max(0.0, moment - time.perf_counter()))
         print(marker, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile, in ms."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
-    return round(ordered[rank] * 1000, 3)
 
 
 def main(argv: list[str] | None = None) -> int:

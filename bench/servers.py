@@ -60,6 +60,15 @@ class ServerSpec(Protocol):
     async def start(self, env: Env, name: str) -> Server: ...
 
 
+def _listening(*ports: int) -> Callable[[], Awaitable[bool]]:
+    """A readiness probe: every port accepts TCP connections."""
+
+    async def ready() -> bool:
+        return all(accepts(port) for port in ports)
+
+    return ready
+
+
 async def _ready(server: Server, probe: Callable[[], Awaitable[bool]]) -> Server:
     """The server once probe() is true (stopped, with its log's tail, if it never is)."""
     await procs.wait_ready(server.child, probe, server.label, READY_TIMEOUT)
@@ -78,11 +87,10 @@ class Gateway:
 
     args: tuple[str, ...] = ()  # --gateway-args passthrough, e.g. ("--workers", "2")
     label: str = "gateway"
-    env_overrides: dict[str, str] = field(default_factory=dict)
     auth: bool = False  # auth.mode = "required", one client: env.auth_token
 
     async def start(self, env: Env, name: str) -> Server:
-        settings = dict(self.env_overrides)
+        settings: dict[str, str] = {}
         if self.auth:
             clients = env.work / "bench-clients.toml"
             clients.write_text(clients_toml(env.auth_token))
@@ -131,11 +139,8 @@ class NaiveGrpcBaseline:
         argv = [env.bench_python, str(env.baselines / "grpc_baseline.py"), str(port), "--uvloop"]
         child = await procs.spawn(name, argv, log_dir=env.log_dir, env=environ, cwd=env.log_dir)
         server = Server(self.label, child, grpc_address=f"127.0.0.1:{port}")
-
-        async def ready() -> bool:  # it connects to RabbitMQ before it listens
-            return accepts(port)
-
-        return await _ready(server, ready)
+        # It connects to RabbitMQ before it listens.
+        return await _ready(server, _listening(port))
 
 
 @dataclass(frozen=True)
@@ -167,11 +172,8 @@ class FastApiBaseline:
         ]
         child = await procs.spawn(name, argv, log_dir=env.log_dir, env=environ, cwd=env.log_dir)
         server = Server(self.label, child, http_base=f"http://127.0.0.1:{port}")
-
-        async def ready() -> bool:  # the lifespan connects to RabbitMQ before it listens
-            return accepts(port)
-
-        return await _ready(server, ready)
+        # The lifespan connects to RabbitMQ before it listens.
+        return await _ready(server, _listening(port))
 
 
 def clients_toml(token: str) -> str:
@@ -203,11 +205,7 @@ class AiohttpFloor:
         environ = clean_environ({"PYTHONDONTWRITEBYTECODE": "1"})
         child = await procs.spawn(name, argv, log_dir=env.log_dir, env=environ, cwd=env.log_dir)
         server = Server(self.label, child, http_base=f"http://127.0.0.1:{port}")
-
-        async def ready() -> bool:
-            return accepts(port)
-
-        return await _ready(server, ready)
+        return await _ready(server, _listening(port))
 
 
 @dataclass(frozen=True)
@@ -244,8 +242,5 @@ class PeerServer:
             grpc_address=f"127.0.0.1:{grpc_port}",
             http_base=f"http://127.0.0.1:{http_port}",
         )
-
-        async def ready() -> bool:  # both listen once the AMQP connection is up
-            return accepts(grpc_port) and accepts(http_port)
-
-        return await _ready(server, ready)
+        # Both listen once the AMQP connection is up.
+        return await _ready(server, _listening(grpc_port, http_port))

@@ -22,6 +22,22 @@ SHARED = ("grpcio", "protobuf", "aio-pika", "aiormq", "pamqp", "uvloop")
 REQUIREMENTS = ROOT / "bench" / "requirements-baselines.txt"
 
 
+def git(*args: str) -> str:
+    """What `git ARGS` prints in this checkout (raises when git is missing or fails)."""
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+
+
+def default_baselines() -> Path:
+    """$(git rev-parse --show-toplevel)/../shared/baselines."""
+    try:
+        top = git("rev-parse", "--show-toplevel")
+    except (subprocess.SubprocessError, OSError):
+        top = str(ROOT)
+    return (Path(top) / ".." / "shared" / "baselines").resolve()
+
+
 def pins() -> list[str]:
     found = []
     for name in SHARED:
@@ -34,9 +50,6 @@ def pins() -> list[str]:
 
 def main(argv: list[str]) -> int:
     target = Path(argv[0]) if argv else ROOT / "build" / "bench-venv"
-    sys.path.insert(0, str(ROOT))
-    from bench.run import default_baselines
-
     baselines = default_baselines()
     if not (baselines / "grpc_baseline.py").exists():
         print(f"bench: no baselines at {baselines}; not creating {target}")

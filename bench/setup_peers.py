@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "peers")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from bench.run import default_baselines
+    from bench.setup_baselines import default_baselines
 
     peers = setup(args.baselines or default_baselines(), args.out, args.out / "logs")
     for peer in peers.values():

@@ -15,10 +15,11 @@ from yarl import URL
 
 from gateway.app.server import Gateway
 from gateway.broker import Broker
-from gateway.config import BrokerSettings, GrpcSettings, HttpSettings, Settings
+from gateway.config import Settings
 from tests.support import DEFINITIONS, ROOT
 from tests.support.ports import accepts
 from tests.support.rabbitmq import Topology, Vhost, topology_at
+from tests.support.settings import make_settings
 
 __all__ = [
     "BASE_URL",
@@ -50,22 +51,6 @@ def unavailable(tests: str, reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{tests} cannot run in CI: {reason}", pytrace=False)
     pytest.skip(f"{tests} skipped: {reason}")
-
-
-def make_settings(broker_address: str = "", **sections: Any) -> Settings:
-    """Settings for a test gateway: gRPC on a free port, the given broker, short timeouts."""
-    return Settings(
-        grpc=GrpcSettings(address="127.0.0.1:0", shutdown_grace_seconds=5.0),
-        server=HttpSettings(address="127.0.0.1:0"),
-        broker=BrokerSettings(
-            address=broker_address,
-            definitions=str(DEFINITIONS),
-            connect_timeout_seconds=2.0,
-            reconnect_max_backoff_seconds=0.5,
-            publish_timeout_seconds=5.0,
-        ),
-        **sections,
-    )
 
 
 def replace_settings(settings: Settings, section: str, **values: Any) -> Settings:
