@@ -3,8 +3,13 @@
  * once RabbitMQ has confirmed the task, retried safely under one idempotency key.
  */
 import { randomUUID } from "node:crypto";
-import type { JsonObject } from "@bufbuild/protobuf";
-import { TaskGatewayError, toTaskGatewayError } from "./errors.js";
+import type {
+  DescMessage,
+  DescMethodUnary,
+  JsonObject,
+  MessageInitShape,
+} from "@bufbuild/protobuf";
+import { TaskGatewayError } from "./errors.js";
 import { TaskGatewayService } from "./gen/taskgateway/v1/gateway_pb.js";
 import { type RetryPolicy, retryPolicy, withRetries } from "./retry.js";
 import { type TaskRequest, taskMethod } from "./tasks.js";
@@ -55,17 +60,7 @@ export class TaskGatewayClient {
     const method = taskMethod(request);
     const idempotencyKey = request.idempotencyKey || randomUUID();
     const keyed = { ...request, idempotencyKey };
-    return this.#call(idempotencyKey, options, async (timeoutMs) => {
-      const response = await this.#connection.transport.unary(
-        method,
-        undefined,
-        timeoutMs,
-        undefined,
-        keyed,
-      );
-      // Every task RPC's response has a task_key (tasks.ts keeps only those).
-      return (response.message as unknown as { taskKey: string }).taskKey;
-    });
+    return this.#call(method, keyed, idempotencyKey, options);
   }
 
   /**
@@ -84,16 +79,7 @@ export class TaskGatewayClient {
     }
     const idempotencyKey = options.idempotencyKey || randomUUID();
     const request = { taskType, userId, payload, idempotencyKey };
-    return this.#call(idempotencyKey, options, async (timeoutMs) => {
-      const response = await this.#connection.transport.unary(
-        TaskGatewayService.method.publish,
-        undefined,
-        timeoutMs,
-        undefined,
-        request,
-      );
-      return response.message.taskKey;
-    });
+    return this.#call(TaskGatewayService.method.publish, request, idempotencyKey, options);
   }
 
   /** Close the connection; calls still running fail, later calls are refused. */
@@ -102,20 +88,29 @@ export class TaskGatewayClient {
     this.#connection.close();
   }
 
-  #call(
+  /** Call the task RPC `method` with `request`, retried under its idempotency key; its task key. */
+  #call<I extends DescMessage, O extends DescMessage>(
+    method: DescMethodUnary<I, O>,
+    request: MessageInitShape<I>,
     idempotencyKey: string,
     options: CallOptions,
-    attempt: (timeoutMs: number) => Promise<string>,
   ): Promise<string> {
     const deadlineMs = checkDeadline(options.deadlineMs ?? this.#deadlineMs, "deadlineMs");
     return withRetries(
-      (timeoutMs) => {
+      async (timeoutMs) => {
         if (this.#closed) {
           throw new TaskGatewayError("CANCELLED", "the client was closed");
         }
-        return attempt(timeoutMs);
+        const response = await this.#connection.transport.unary(
+          method,
+          undefined,
+          timeoutMs,
+          undefined,
+          request,
+        );
+        // Every task RPC's response has a task_key: Publish's, and those tasks.ts keeps.
+        return (response.message as unknown as { taskKey: string }).taskKey;
       },
-      (reason) => toTaskGatewayError(reason, idempotencyKey),
       this.#retry,
       deadlineMs,
       idempotencyKey,

@@ -7,28 +7,9 @@ import { durationMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 
-/** The canonical gRPC status codes, by the names grpcurl and the gateway's docs use. */
-export type StatusCode =
-  | "OK"
-  | "CANCELLED"
-  | "UNKNOWN"
-  | "INVALID_ARGUMENT"
-  | "DEADLINE_EXCEEDED"
-  | "NOT_FOUND"
-  | "ALREADY_EXISTS"
-  | "PERMISSION_DENIED"
-  | "RESOURCE_EXHAUSTED"
-  | "FAILED_PRECONDITION"
-  | "ABORTED"
-  | "OUT_OF_RANGE"
-  | "UNIMPLEMENTED"
-  | "INTERNAL"
-  | "UNAVAILABLE"
-  | "DATA_LOSS"
-  | "UNAUTHENTICATED";
-
-// Indexed by the numeric code, which connect's `Code` shares with gRPC.
-const STATUS_CODES: readonly StatusCode[] = [
+// The canonical gRPC status codes, indexed by the numeric code, which connect's `Code` shares
+// with gRPC.
+const STATUS_CODES = [
   "OK",
   "CANCELLED",
   "UNKNOWN",
@@ -46,7 +27,10 @@ const STATUS_CODES: readonly StatusCode[] = [
   "UNAVAILABLE",
   "DATA_LOSS",
   "UNAUTHENTICATED",
-];
+] as const;
+
+/** The canonical gRPC status codes, by the names grpcurl and the gateway's docs use. */
+export type StatusCode = (typeof STATUS_CODES)[number];
 
 /** One field the gateway rejected, from a `google.rpc.BadRequest` detail. */
 export interface FieldViolation {

@@ -3,7 +3,13 @@
  * it on the request), so a retry can only ever yield the same task id, never a second task.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import { OutcomeUnknown, QuotaExceeded, type TaskGatewayError, Unavailable } from "./errors.js";
+import {
+  OutcomeUnknown,
+  QuotaExceeded,
+  type TaskGatewayError,
+  Unavailable,
+  toTaskGatewayError,
+} from "./errors.js";
 
 /** When and how often a call is retried. */
 export interface RetryPolicy {
@@ -47,8 +53,8 @@ export type Attempt<T> = (timeoutMs: number) => Promise<T>;
 
 /**
  * Run `attempt` until it succeeds, fails for good, runs out of attempts, or the deadline
- * passes; each attempt gets what remains of `deadlineMs`. `classify` turns what an attempt
- * threw into a typed error.
+ * passes; each attempt gets what remains of `deadlineMs`. What an attempt threw is taken as
+ * a typed error (`toTaskGatewayError`).
  *
  * Retried: UNAVAILABLE and unknown outcomes (DEADLINE_EXCEEDED, a lost confirm or connection)
  * after a full-jitter exponential backoff; RESOURCE_EXHAUSTED only when the server sent a
@@ -57,7 +63,6 @@ export type Attempt<T> = (timeoutMs: number) => Promise<T>;
  */
 export async function withRetries<T>(
   attempt: Attempt<T>,
-  classify: (reason: unknown) => TaskGatewayError,
   policy: RetryPolicy,
   deadlineMs: number,
   idempotencyKey: string,
@@ -70,7 +75,7 @@ export async function withRetries<T>(
       // Whole milliseconds: grpc-timeout is an integer, and grpcio refuses "1234.5m".
       return await attempt(Math.max(1, Math.floor(deadline - performance.now())));
     } catch (reason) {
-      error = classify(reason);
+      error = toTaskGatewayError(reason, idempotencyKey);
     }
     mayHavePublished ||= error instanceof OutcomeUnknown;
     const delay = retryDelay(error, attempts, policy);

@@ -104,10 +104,13 @@ describe("retries and errors against a scripted server", () => {
     assert.equal(fake.calls.length, 1);
   });
 
-  it("UNAVAILABLE is retried under the one idempotency key, each attempt with what remains of the deadline", async () => {
+  it("UNAVAILABLE is retried under the one idempotency key, each attempt with what remains of the deadline", async (t) => {
+    // Backoffs of 10 then 20 ms (full jitter pinned at half the ceiling): each attempt starts
+    // well over a millisecond after the one before, so its whole-ms timeout is smaller.
+    t.mock.method(Math, "random", () => 0.5);
     const { fake, client } = await serve([BROKER_AWAY, BROKER_AWAY, "u:s:t"], {
       deadlineMs: 20_000,
-      retry: { initialBackoffMs: 5 },
+      retry: { initialBackoffMs: 20 },
     });
 
     const request = create(images.GenerateRequestSchema, { userId: "u", payload: { model: "m" } });
@@ -153,11 +156,16 @@ describe("retries and errors against a scripted server", () => {
   });
 
   it("an attempt whose outcome was unknown makes the call OutcomeUnknown even when later attempts were refused", async () => {
-    const { client } = await serve([CONFIRM_LOST, BROKER_AWAY], {
+    const { fake, client } = await serve([CONFIRM_LOST, BROKER_AWAY], {
       retry: { initialBackoffMs: 1, maxAttempts: 2 },
     });
 
-    await assert.rejects(client.publish("images.generate", "u", PAYLOAD), OutcomeUnknown);
+    await assert.rejects(client.publish("images.generate", "u", PAYLOAD), (error: unknown) => {
+      assert.ok(error instanceof OutcomeUnknown);
+      assert.ok(error.cause instanceof Unavailable, "the last attempt's refusal is the cause");
+      return true;
+    });
+    assert.equal(fake.calls.length, 2, "the refused attempt was made");
   });
 
   it("no answer within the deadline is OutcomeUnknown with DEADLINE_EXCEEDED", async () => {

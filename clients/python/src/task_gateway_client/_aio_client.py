@@ -9,20 +9,14 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
-from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from task_gateway_client._aio_publisher import AsyncPublisher
 from task_gateway_client._batching import BatchSettings
 from task_gateway_client._connection import DEFAULT_DEADLINE, Connection, TLSConfig
+from task_gateway_client._core import ClientCore
 from task_gateway_client._errors import from_rpc_error
 from task_gateway_client._retry import RetryPolicy
-from task_gateway_client._tasks import (
-    PUBLISH_BATCH,
-    Task,
-    generic_task,
-    serialize,
-    typed_task,
-)
+from task_gateway_client._tasks import Task, generic_task, typed_task
 
 __all__ = ["AsyncTaskGatewayClient"]
 
@@ -42,14 +36,11 @@ class AsyncTaskGatewayClient:
         deadline: float = DEFAULT_DEADLINE,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self._connection = c = Connection.of(tls, token, deadline, retry)
-        self._channel = (
-            grpc.aio.insecure_channel(target, options=c.arguments)
-            if c.credentials is None
-            else grpc.aio.secure_channel(target, c.credentials, options=c.arguments)
+        self._connection = connection = Connection.of(tls, token, deadline, retry)
+        self._channel = connection.channel(target, grpc.aio)
+        self._core: ClientCore[grpc.aio.UnaryUnaryMultiCallable[Any, Any], AsyncPublisher] = (
+            ClientCore(connection, self._channel, AsyncPublisher)
         )
-        self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
-        self._publishers: list[AsyncPublisher] = []
 
     async def submit(self, request: Message, *, deadline: float | None = None) -> str:
         """Publish a typed request (e.g. images_pb2.GenerateRequest) with its RPC; its task key."""
@@ -71,11 +62,11 @@ class AsyncTaskGatewayClient:
     def publisher(
         self,
         *,
-        max_batch: int = 100,
-        max_latency: float = 0.01,
-        max_outstanding: int = 1000,
-        when_full: str = "block",
-        max_batch_bytes: int = 512 * 1024,
+        max_batch: int = BatchSettings.max_batch,
+        max_latency: float = BatchSettings.max_latency,
+        max_outstanding: int = BatchSettings.max_outstanding,
+        when_full: str = BatchSettings.when_full,
+        max_batch_bytes: int = BatchSettings.max_batch_bytes,
     ) -> AsyncPublisher:
         """A batching publisher on this connection (see AsyncPublisher); closed with the client.
 
@@ -88,15 +79,11 @@ class AsyncTaskGatewayClient:
             max_outstanding=max_outstanding,
             when_full=when_full,
         )
-        publisher = AsyncPublisher(
-            self._call(PUBLISH_BATCH, gateway_pb2.PublishBatchResponse), self._connection, settings
-        )
-        self._publishers.append(publisher)
-        return publisher
+        return self._core.publisher(settings)
 
     async def close(self) -> None:
         """Close the publishers (waiting for their tasks), then the connection."""
-        for publisher in self._publishers:
+        for publisher in self._core.publishers:
             await publisher.close()
         await self._channel.close(grace=None)
 
@@ -108,7 +95,7 @@ class AsyncTaskGatewayClient:
 
     async def _publish(self, task: Task, deadline: float | None) -> str:
         attempts = self._connection.attempts(task, deadline)
-        call = self._call(task.path, task.response_type)
+        call = self._core.call(task.path, task.response_type)
         while (timeout := attempts.timeout(time.monotonic())) is not None:
             try:
                 metadata = self._connection.metadata
@@ -122,16 +109,3 @@ class AsyncTaskGatewayClient:
                 task_key: str = response.task_key
                 return task_key
         raise attempts.final_error()
-
-    def _call(
-        self, path: str, response_type: type[Message]
-    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
-        call = self._calls.get(path)
-        if call is None:
-            call = self._channel.unary_unary(
-                path,
-                request_serializer=serialize,
-                response_deserializer=response_type.FromString,
-            )
-            self._calls[path] = call
-        return call

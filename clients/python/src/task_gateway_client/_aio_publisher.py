@@ -11,7 +11,14 @@ import grpc
 from google.protobuf.message import Message
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
-from task_gateway_client._batching import Batcher, BatchSettings, Outcome, Pending
+from task_gateway_client._batching import (
+    Batcher,
+    BatchSettings,
+    Outcome,
+    Pending,
+    batch_request,
+    resolve,
+)
 from task_gateway_client._connection import Connection
 from task_gateway_client._errors import (
     Failure,
@@ -92,13 +99,7 @@ class AsyncPublisher:
         await self.close()
 
     async def _add(self, task: Task) -> asyncio.Future[str]:
-        while True:
-            if self._closed:
-                raise RuntimeError("the publisher is closed")
-            if self._outstanding < self._settings.max_outstanding:
-                break
-            if self._settings.when_full == "raise":
-                raise self._settings.full()
+        while not self._settings.admits(self._outstanding, closed=self._closed):
             await self._until(lambda: self._outstanding < self._settings.max_outstanding)
         future = asyncio.get_running_loop().create_future()
         self._outstanding += 1
@@ -132,12 +133,10 @@ class AsyncPublisher:
                 pass
 
     async def _send(self, batch: list[Pending[asyncio.Future[str]]]) -> None:
-        request = gateway_pb2.PublishBatchRequest(entries=[p.entry for p in batch])
+        request, timeout = batch_request(batch, time.monotonic())
         answer: gateway_pb2.PublishBatchResponse | Failure
         try:
-            answer = await self._publish_batch(
-                request, timeout=Batcher.timeout(batch, time.monotonic()), metadata=self._metadata
-            )
+            answer = await self._publish_batch(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             answer = from_rpc_error(error)
         except Exception as error:  # e.g. the channel is closed; the request may have gone
@@ -148,12 +147,6 @@ class AsyncPublisher:
     def _resolve(self, outcomes: list[tuple[asyncio.Future[str], Outcome]]) -> None:
         if not outcomes:
             return
-        for future, outcome in outcomes:
-            if future.cancelled():  # the caller gave up waiting; the task went on regardless
-                continue
-            if isinstance(outcome, str):
-                future.set_result(outcome)
-            else:
-                future.set_exception(outcome)
+        resolve(outcomes)
         self._outstanding -= len(outcomes)
         self._settled.set()

@@ -13,9 +13,9 @@ import heapq
 import itertools
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from taskgateway_api.taskgateway.v1 import gateway_pb2
@@ -25,7 +25,7 @@ from task_gateway_client._errors import Failure, PublisherFull, TaskGatewayError
 from task_gateway_client._retry import Attempts
 from task_gateway_client._tasks import Task
 
-__all__ = ["BatchSettings", "Batcher", "Pending", "Step"]
+__all__ = ["BatchSettings", "Batcher", "Pending", "Step", "batch_request", "resolve"]
 
 Handle = TypeVar("Handle")
 # A task's outcome: its task key, or the error its caller gets.
@@ -51,13 +51,24 @@ class BatchSettings:
         if self.when_full not in ("block", "raise"):
             raise ValueError(f"when_full must be 'block' or 'raise', got {self.when_full!r}")
 
-    def full(self) -> PublisherFull:
-        """The error of a publish() refused by flow control (when_full="raise")."""
-        return PublisherFull(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the publisher already holds max_outstanding={self.max_outstanding} tasks; "
-            "nothing was sent",
-        )
+    def admits(self, outstanding: int, *, closed: bool) -> bool:
+        """Whether publish() may queue its task now, with `outstanding` tasks awaiting their
+        outcome; False: it waits for room (when_full="block"), then asks again.
+
+        Raises RuntimeError when the publisher is closed, PublisherFull when it is full and
+        when_full="raise".
+        """
+        if closed:
+            raise RuntimeError("the publisher is closed")
+        if outstanding < self.max_outstanding:
+            return True
+        if self.when_full == "raise":
+            raise PublisherFull(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the publisher already holds max_outstanding={self.max_outstanding} tasks; "
+                "nothing was sent",
+            )
+        return False
 
 
 @dataclass(eq=False)
@@ -95,8 +106,7 @@ class Batcher(Generic[Handle]):
 
     def add(self, task: Task, handle: Handle, now: float) -> None:
         entry = task.entry()
-        connection = self._connection
-        attempts = Attempts(connection.retry, now + connection.deadline, task.idempotency_key)
+        attempts = self._connection.attempts(task, now=now)
         due_at = now + self._settings.max_latency
         pending = Pending(handle, attempts, entry, entry.ByteSize(), due_at)
         self._ready.append(pending)
@@ -142,13 +152,6 @@ class Batcher(Generic[Handle]):
             times.append(self._ready[0].due_at)
         return max(0.0, min(times) - now) if times else None
 
-    @staticmethod
-    def timeout(batch: Sequence[Pending[Handle]], now: float) -> float:
-        """The batch call's timeout: what remains of the most pressed task's deadline."""
-        # At least a moment: a task is only sent while it has time left, and grpc answers a
-        # timeout already past without sending anything.
-        return max(min(p.attempts.deadline for p in batch) - now, 0.001)
-
     def settle(
         self,
         batch: Sequence[Pending[Handle]],
@@ -178,6 +181,38 @@ class Batcher(Generic[Handle]):
                 pending.due_at = now + delay
                 heapq.heappush(self._backing_off, (pending.due_at, next(self._order), pending))
         return outcomes
+
+
+def batch_request(
+    batch: Sequence[Pending[Any]], now: float
+) -> tuple[gateway_pb2.PublishBatchRequest, float]:
+    """The PublishBatch request of a batch, and the call's timeout: what remains of the most
+    pressed task's deadline."""
+    request = gateway_pb2.PublishBatchRequest(entries=[p.entry for p in batch])
+    # At least a moment: a task is only sent while it has time left, and grpc answers a
+    # timeout already past without sending anything.
+    return request, max(min(p.attempts.deadline for p in batch) - now, 0.001)
+
+
+class TaskFuture(Protocol):
+    """A publisher's future of a task key: a concurrent.futures.Future or an asyncio.Future."""
+
+    def cancelled(self) -> bool: ...
+    def set_result(self, result: str, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+def resolve(outcomes: Iterable[tuple[TaskFuture, Outcome]]) -> None:
+    """Settle each future with its task key or its error."""
+    for future, outcome in outcomes:
+        # An asyncio caller gave up waiting; the task went on regardless. (A publisher's
+        # concurrent future is running from the start, and cannot be cancelled.)
+        if future.cancelled():
+            continue
+        if isinstance(outcome, str):
+            future.set_result(outcome)
+        else:
+            future.set_exception(outcome)
 
 
 def _per_task(response: gateway_pb2.PublishBatchResponse, count: int) -> list[Failure | str]:

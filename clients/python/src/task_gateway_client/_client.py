@@ -8,20 +8,14 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
-from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from task_gateway_client._batching import BatchSettings
 from task_gateway_client._connection import DEFAULT_DEADLINE, Connection, TLSConfig
+from task_gateway_client._core import ClientCore
 from task_gateway_client._errors import from_rpc_error
 from task_gateway_client._publisher import Publisher
 from task_gateway_client._retry import RetryPolicy
-from task_gateway_client._tasks import (
-    PUBLISH_BATCH,
-    Task,
-    generic_task,
-    serialize,
-    typed_task,
-)
+from task_gateway_client._tasks import Task, generic_task, typed_task
 
 __all__ = ["TaskGatewayClient"]
 
@@ -43,14 +37,11 @@ class TaskGatewayClient:
         deadline: float = DEFAULT_DEADLINE,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self._connection = c = Connection.of(tls, token, deadline, retry)
-        self._channel = (
-            grpc.insecure_channel(target, options=c.arguments)
-            if c.credentials is None
-            else grpc.secure_channel(target, c.credentials, options=c.arguments)
+        self._connection = connection = Connection.of(tls, token, deadline, retry)
+        self._channel = connection.channel(target, grpc)
+        self._core: ClientCore[grpc.UnaryUnaryMultiCallable[Any, Any], Publisher] = ClientCore(
+            connection, self._channel, Publisher
         )
-        self._calls: dict[str, grpc.UnaryUnaryMultiCallable[Any, Any]] = {}
-        self._publishers: list[Publisher] = []
 
     def submit(self, request: Message, *, deadline: float | None = None) -> str:
         """Publish a typed request (e.g. images_pb2.GenerateRequest) with its RPC; its task key.
@@ -75,11 +66,11 @@ class TaskGatewayClient:
     def publisher(
         self,
         *,
-        max_batch: int = 100,
-        max_latency: float = 0.01,
-        max_outstanding: int = 1000,
-        when_full: str = "block",
-        max_batch_bytes: int = 512 * 1024,
+        max_batch: int = BatchSettings.max_batch,
+        max_latency: float = BatchSettings.max_latency,
+        max_outstanding: int = BatchSettings.max_outstanding,
+        when_full: str = BatchSettings.when_full,
+        max_batch_bytes: int = BatchSettings.max_batch_bytes,
     ) -> Publisher:
         """A batching publisher on this connection (see Publisher); closed with the client.
 
@@ -94,15 +85,11 @@ class TaskGatewayClient:
             max_outstanding=max_outstanding,
             when_full=when_full,
         )
-        publisher = Publisher(
-            self._call(PUBLISH_BATCH, gateway_pb2.PublishBatchResponse), self._connection, settings
-        )
-        self._publishers.append(publisher)
-        return publisher
+        return self._core.publisher(settings)
 
     def close(self) -> None:
         """Close the publishers (waiting for their tasks), then the connection."""
-        for publisher in self._publishers:
+        for publisher in self._core.publishers:
             publisher.close()
         self._channel.close()
 
@@ -114,7 +101,7 @@ class TaskGatewayClient:
 
     def _publish(self, task: Task, deadline: float | None) -> str:
         attempts = self._connection.attempts(task, deadline)
-        call = self._call(task.path, task.response_type)
+        call = self._core.call(task.path, task.response_type)
         while (timeout := attempts.timeout(time.monotonic())) is not None:
             try:
                 response = call(task.request, timeout=timeout, metadata=self._connection.metadata)
@@ -127,16 +114,3 @@ class TaskGatewayClient:
                 task_key: str = response.task_key
                 return task_key
         raise attempts.final_error()
-
-    def _call(
-        self, path: str, response_type: type[Message]
-    ) -> grpc.UnaryUnaryMultiCallable[Any, Any]:
-        call = self._calls.get(path)
-        if call is None:
-            call = self._channel.unary_unary(
-                path,
-                request_serializer=serialize,
-                response_deserializer=response_type.FromString,
-            )
-            self._calls[path] = call
-        return call

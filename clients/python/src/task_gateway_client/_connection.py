@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -23,6 +24,23 @@ DEFAULT_DEADLINE = 15.0
 
 # PEM contents, or the path of a PEM file.
 PemSource = bytes | str | os.PathLike[str]
+
+ChannelT_co = TypeVar("ChannelT_co", covariant=True)
+
+
+class ChannelApi(Protocol[ChannelT_co]):
+    """What makes a client's channel: the `grpc` module, or `grpc.aio`."""
+
+    def insecure_channel(
+        self, target: str, options: Sequence[tuple[str, Any]] | None = ...
+    ) -> ChannelT_co: ...
+
+    def secure_channel(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials,
+        options: Sequence[tuple[str, Any]] | None = ...,
+    ) -> ChannelT_co: ...
 
 
 @dataclass(frozen=True)
@@ -76,10 +94,19 @@ class Connection:
             retry=retry or RetryPolicy(),
         )
 
-    def attempts(self, task: Task, deadline: float | None = None) -> Attempts:
-        """The attempts of a task starting now, within `deadline` or the client's."""
-        ends = time.monotonic() + (deadline or self.deadline)
-        return Attempts(self.retry, ends, task.idempotency_key)
+    def channel(self, target: str, api: ChannelApi[ChannelT_co]) -> ChannelT_co:
+        """A channel to `target` with these settings, made by `api` (`grpc` or `grpc.aio`)."""
+        if self.credentials is None:
+            return api.insecure_channel(target, options=self.arguments)
+        return api.secure_channel(target, self.credentials, options=self.arguments)
+
+    def attempts(
+        self, task: Task, deadline: float | None = None, *, now: float | None = None
+    ) -> Attempts:
+        """The attempts of a task starting `now` (by default now), within `deadline` or the
+        client's."""
+        start = time.monotonic() if now is None else now
+        return Attempts(self.retry, start + (deadline or self.deadline), task.idempotency_key)
 
 
 def _channel_arguments(tls: TLSConfig | None) -> tuple[tuple[str, Any], ...]:

@@ -31,11 +31,13 @@ _ROUTE_OPTION: Any = options_pb2.route
 
 @dataclass(frozen=True)
 class TaskRpc:
-    """A typed task RPC: its wire name, its response message and its task type."""
+    """A typed task RPC: its wire name, its response message, its task type and the payload
+    message its request carries."""
 
     path: str  # /images.v1.ImagesService/Generate
     response_type: type[Message]
     task_type: str
+    payload_type: type[Message]
 
 
 def task_rpc(request: Descriptor) -> TaskRpc:
@@ -54,15 +56,7 @@ def task_rpc(request: Descriptor) -> TaskRpc:
 @functools.cache
 def payload_types() -> Mapping[str, type[Message]]:
     """The payload message of every typed task type, by task type."""
-    types: dict[str, type[Message]] = {}
-    for file in _contract_files():
-        for method in _task_methods(file):
-            payload = method.input_type.fields_by_name["payload"].message_type
-            assert payload is not None  # typed requests carry a payload message
-            types[method.GetOptions().Extensions[_ROUTE_OPTION].task_type] = (
-                message_factory.GetMessageClass(payload)
-            )
-    return MappingProxyType(types)
+    return MappingProxyType({rpc.task_type: rpc.payload_type for rpc in _all_rpcs().values()})
 
 
 @functools.cache
@@ -76,14 +70,18 @@ def _all_rpcs() -> dict[str, TaskRpc]:
 @functools.cache
 def _rpcs_in(file: FileDescriptor) -> dict[str, TaskRpc]:
     """The task RPCs of one proto file, by the full name of their request message."""
-    return {
-        method.input_type.full_name: TaskRpc(
-            path=f"/{method.containing_service.full_name}/{method.name}",
-            response_type=message_factory.GetMessageClass(method.output_type),
-            task_type=method.GetOptions().Extensions[_ROUTE_OPTION].task_type,
-        )
-        for method in _task_methods(file)
-    }
+    return {method.input_type.full_name: _task_rpc(method) for method in _task_methods(file)}
+
+
+def _task_rpc(method: MethodDescriptor) -> TaskRpc:
+    payload = method.input_type.fields_by_name["payload"].message_type
+    assert payload is not None  # typed requests carry a payload message
+    return TaskRpc(
+        path=f"/{method.containing_service.full_name}/{method.name}",
+        response_type=message_factory.GetMessageClass(method.output_type),
+        task_type=method.GetOptions().Extensions[_ROUTE_OPTION].task_type,
+        payload_type=message_factory.GetMessageClass(payload),
+    )
 
 
 def _task_methods(file: FileDescriptor) -> list[MethodDescriptor]:

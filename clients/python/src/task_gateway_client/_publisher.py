@@ -18,7 +18,14 @@ import grpc
 from google.protobuf.message import Message
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
-from task_gateway_client._batching import Batcher, BatchSettings, Outcome, Pending
+from task_gateway_client._batching import (
+    Batcher,
+    BatchSettings,
+    Outcome,
+    Pending,
+    batch_request,
+    resolve,
+)
 from task_gateway_client._connection import Connection
 from task_gateway_client._errors import (
     Failure,
@@ -108,13 +115,7 @@ class Publisher:
         future: Future[str] = Future()
         future.set_running_or_notify_cancel()  # a task on its way cannot be taken back
         with self._changed:
-            while True:
-                if self._closed:
-                    raise RuntimeError("the publisher is closed")
-                if self._outstanding < self._settings.max_outstanding:
-                    break
-                if self._settings.when_full == "raise":
-                    raise self._settings.full()
+            while not self._settings.admits(self._outstanding, closed=self._closed):
                 self._changed.wait()
             self._outstanding += 1
             self._batcher.add(task, future, time.monotonic())
@@ -134,12 +135,10 @@ class Publisher:
                 self._have_outcomes(len(step.outcomes))
             self._resolve(step.outcomes)
             for batch in step.batches:
-                request = gateway_pb2.PublishBatchRequest(entries=[p.entry for p in batch])
+                request, timeout = batch_request(batch, time.monotonic())
                 try:
                     call = self._publish_batch.future(
-                        request,
-                        timeout=Batcher.timeout(batch, time.monotonic()),
-                        metadata=self._metadata,
+                        request, timeout=timeout, metadata=self._metadata
                     )
                 except Exception as error:  # e.g. the channel is closed: nothing was sent
                     self._settle(batch, client_failure(error, sent=False))
@@ -176,11 +175,7 @@ class Publisher:
     def _resolve(self, outcomes: list[tuple[Future[str], Outcome]]) -> None:
         if not outcomes:
             return
-        for future, outcome in outcomes:
-            if isinstance(outcome, str):
-                future.set_result(outcome)
-            else:
-                future.set_exception(outcome)
+        resolve(outcomes)
         with self._changed:
             self._resolving -= len(outcomes)
             self._changed.notify_all()
