@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from gateway.errors import FieldViolation
@@ -77,11 +77,34 @@ def _violation(text: str, prefix: str) -> FieldViolation:
 # Fields whose JSON form may be null: a JSON value.
 _NULLABLE = frozenset({"google.protobuf.Value", "google.protobuf.NullValue"})
 
+_INTEGERS = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+_FLOATS = frozenset({FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE})
+# proto3 JSON writes 64-bit integers as strings of digits, and accepts them for any integer.
+_INTEGER_STRING = re.compile(r"-?[0-9]+")
+
 
 def _check_fields(
     obj: Mapping[str, Any], descriptor: Descriptor, prefix: str
 ) -> list[FieldViolation]:
-    """Unknown fields and nulls, at any depth of nested messages."""
+    """Unknown fields, nulls and values of the wrong JSON kind, at any depth of nested messages.
+
+    protobuf's own errors for a wrong kind are Python's (`expected string or bytes-like
+    object, got 'int'`), and for a string where a message belongs it reads the string's
+    characters as field names; a client gets "must be a string, got number" instead.
+    """
     by_name = {f.name: f for f in descriptor.fields} | {f.json_name: f for f in descriptor.fields}
     violations = []
     for key, value in obj.items():
@@ -95,29 +118,78 @@ def _check_fields(
                 )
             )
             continue
-        kind = field.message_type or field.enum_type
-        if value is None and (kind is None or kind.full_name not in _NULLABLE):
-            violations.append(
-                FieldViolation(
-                    _join(prefix, field.name), "must not be null; omit it to leave it unset"
-                )
-            )
-            continue
-        nested = field.message_type
-        if (
-            nested is None
-            or nested.full_name.startswith("google.protobuf.")
-            or nested.GetOptions().map_entry
-        ):
-            continue  # scalars, well-known types and maps: json_format checks them
         path = _join(prefix, field.name)
-        if field.is_repeated and isinstance(value, list):
+        if value is None or not field.is_repeated:
+            violations += _check_value(value, field, path)
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            if not isinstance(value, Mapping):  # its keys and values: json_format checks them
+                violations.append(_wrong_kind(path, "an object", value))
+        elif not isinstance(value, list):
+            violations.append(_wrong_kind(path, "an array", value))
+        else:
             for index, item in enumerate(value):
-                if isinstance(item, Mapping):
-                    violations += _check_fields(item, nested, f"{path}[{index}]")
-        elif isinstance(value, Mapping):
-            violations += _check_fields(value, nested, path)
+                violations += _check_value(item, field, f"{path}[{index}]")
     return violations
+
+
+def _check_value(value: Any, field: FieldDescriptor, path: str) -> list[FieldViolation]:
+    """One value of `field` (one item, if it is repeated): its JSON kind, and inside it."""
+    nested = field.message_type
+    kind = nested or field.enum_type
+    if value is None:
+        if kind is not None and kind.full_name in _NULLABLE:
+            return []
+        return [FieldViolation(path, "must not be null; omit it to leave it unset")]
+    if nested is not None:
+        if nested.full_name == "google.protobuf.ListValue":
+            return [] if isinstance(value, list) else [_wrong_kind(path, "an array", value)]
+        if nested.full_name.startswith("google.protobuf.") and nested.full_name not in (
+            "google.protobuf.Struct",
+            "google.protobuf.Any",
+        ):
+            return []  # Value, Timestamp, Duration, wrappers, FieldMask: json_format checks them
+        if not isinstance(value, Mapping):
+            return [_wrong_kind(path, "an object", value)]
+        if nested.full_name.startswith("google.protobuf."):
+            return []  # Struct holds any object; Any's fields depend on its @type
+        return _check_fields(value, nested, path)
+    if field.enum_type is not None:
+        ok = isinstance(value, str) or _is_number(value)
+        return [] if ok else [_wrong_kind(path, "an enum value's name or number", value)]
+    if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        return [] if isinstance(value, str) else [_wrong_kind(path, "a string", value)]
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return [] if isinstance(value, bool) else [_wrong_kind(path, "true or false", value)]
+    if field.type in _INTEGERS:
+        if _is_number(value) or (isinstance(value, str) and _INTEGER_STRING.fullmatch(value)):
+            return []  # a fraction or an integer out of range: json_format says so
+        return [_wrong_kind(path, "an integer (a number, or a string of digits)", value)]
+    if field.type in _FLOATS and not (_is_number(value) or isinstance(value, str)):
+        return [_wrong_kind(path, "a number", value)]  # strings: "NaN", "Infinity", "1.5"
+    return []
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _wrong_kind(path: str, expected: str, value: Any) -> FieldViolation:
+    return FieldViolation(path, f"must be {expected}, got {_json_kind(value)}")
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a parsed JSON value's type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
 
 
 def _join(prefix: str, path: str) -> str:
