@@ -11,8 +11,10 @@ reads it as "unset"), except where the field holds a JSON value. A client that s
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from google.protobuf import json_format
@@ -105,10 +107,9 @@ def _check_fields(
     object, got 'int'`), and for a string where a message belongs it reads the string's
     characters as field names; a client gets "must be a string, got number" instead.
     """
-    by_name = {f.name: f for f in descriptor.fields} | {f.json_name: f for f in descriptor.fields}
     violations = []
     for key, value in obj.items():
-        field = by_name.get(key)
+        field = _fields_by_name(descriptor).get(key)
         if field is None:
             known = ", ".join(f.name for f in descriptor.fields)
             violations.append(
@@ -130,6 +131,13 @@ def _check_fields(
             for index, item in enumerate(value):
                 violations += _check_value(item, field, f"{path}[{index}]")
     return violations
+
+
+@functools.cache
+def _fields_by_name(descriptor: Descriptor) -> Mapping[str, FieldDescriptor]:
+    """A message's fields by their proto and their JSON (lowerCamel) names."""
+    fields = descriptor.fields
+    return MappingProxyType({f.name: f for f in fields} | {f.json_name: f for f in fields})
 
 
 def _check_value(value: Any, field: FieldDescriptor, path: str) -> list[FieldViolation]:
