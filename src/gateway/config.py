@@ -185,6 +185,14 @@ class Settings:
     def broker_urls(self) -> tuple[str, ...]:
         return tuple(url.strip() for url in self.broker.address.split(",") if url.strip())
 
+    @property
+    def listen_addresses(self) -> tuple[tuple[str, str], ...]:
+        """Each listener's setting and host:port: gRPC, HTTP, and the admin one when set."""
+        listeners = [("grpc.address", self.grpc.address), ("server.address", self.server.address)]
+        if self.admin.address:
+            listeners.append(("admin.address", self.admin.address))
+        return tuple(listeners)
+
 
 def load_settings(
     config_path: Path | None = None, environ: Mapping[str, str] | None = None
@@ -328,13 +336,7 @@ def _shown(value: Any) -> str:
 
 def _check(settings: Settings) -> None:
     """Range and format checks that the types alone do not catch."""
-    addresses = [
-        ("grpc.address", settings.grpc.address),
-        ("server.address", settings.server.address),
-    ]
-    if settings.admin.address:
-        addresses.append(("admin.address", settings.admin.address))
-    for key, address in addresses:
+    for key, address in settings.listen_addresses:
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"{key}: {address!r} is not host:port")

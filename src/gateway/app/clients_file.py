@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import tomllib
 from pathlib import Path
 
@@ -17,25 +16,25 @@ import structlog
 
 from gateway.core.auth import Client, Clients, parse_clients
 from gateway.errors import ConfigError
+from gateway.watched_files import file_signature, reload_on_change
 
 __all__ = ["ClientsFile"]
 
 log = structlog.get_logger(logger_name="gateway.auth")
 
-# How often the file is looked at (a stat) for a change.
-_POLL_SECONDS = 1.0
-
 
 class ClientsFile:
     def __init__(self, path: str) -> None:
         self._path = Path(path)
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: tuple[tuple[int, int, int] | None, ...] = ()
         self.clients = Clients(self._read())  # ConfigError: start-up stops
         self._watcher: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Watch the file for changes from now on."""
-        self._watcher = asyncio.create_task(self._watch(), name="clients file watcher")
+        self._watcher = asyncio.create_task(
+            reload_on_change(self._changed, self.reload), name="clients file watcher"
+        )
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -56,7 +55,7 @@ class ClientsFile:
     def _read(self) -> tuple[Client, ...]:
         where = f"auth.clients_file ({self._path})"
         try:
-            self._seen = self._signature()
+            self._seen = file_signature([self._path])
             raw = tomllib.loads(self._path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read it: {exc.strerror}") from None
@@ -64,15 +63,5 @@ class ClientsFile:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from None
         return parse_clients(raw, where)
 
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            stat = os.stat(self._path)
-        except OSError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(_POLL_SECONDS)
-            if self._signature() != self._seen:
-                self.reload()
+    def _changed(self) -> bool:
+        return file_signature([self._path]) != self._seen

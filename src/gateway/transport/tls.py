@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,6 +25,7 @@ import structlog
 from gateway.config import TlsSettings
 from gateway.core.context import PeerIdentity
 from gateway.errors import ConfigError
+from gateway.watched_files import file_signature, reload_on_change
 
 __all__ = [
     "CertificateFiles",
@@ -37,9 +37,6 @@ __all__ = [
 
 log = structlog.get_logger(logger_name="gateway.tls")
 
-# How often the HTTP listener looks at its certificate files.
-_RELOAD_SECONDS = 1.0
-
 
 class CertificateFiles:
     """A listener's certificate, key and (optional) client CA files, and whether they changed."""
@@ -50,7 +47,7 @@ class CertificateFiles:
         self.paths = {"cert_file": tls.cert_file, "key_file": tls.key_file}
         if tls.client_ca_file:
             self.paths["client_ca_file"] = tls.client_ca_file
-        self._seen: tuple[Any, ...] | None = None
+        self._seen: tuple[tuple[int, int, int] | None, ...] = ()
 
     @property
     def mutual(self) -> bool:
@@ -67,23 +64,12 @@ class CertificateFiles:
                 raise ConfigError(
                     f"{self.setting}.{name}: cannot read {path}: {exc.strerror}"
                 ) from None
-        self._seen = self._signature()
+        self._seen = file_signature(self.paths.values())
         return contents
 
     def changed(self) -> bool:
         """Whether any file was replaced or rewritten since the last read."""
-        return self._signature() != self._seen
-
-    def _signature(self) -> tuple[Any, ...]:
-        found: list[Any] = []
-        for path in self.paths.values():
-            try:
-                stat = os.stat(path)  # follows the symlinks Kubernetes swaps
-            except OSError:
-                found.append(None)
-            else:
-                found.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
-        return tuple(found)
+        return file_signature(self.paths.values()) != self._seen
 
 
 def grpc_credentials(files: CertificateFiles) -> grpc.ServerCredentials:
@@ -131,7 +117,10 @@ class HttpTls:
         self._watcher: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._watcher = asyncio.create_task(self._watch(), name=f"{self._files.setting} watcher")
+        self._watcher = asyncio.create_task(
+            reload_on_change(self._files.changed, self._reload),
+            name=f"{self._files.setting} watcher",
+        )
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -150,17 +139,14 @@ class HttpTls:
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"{self._files.setting}: cannot use the certificate: {exc}") from None
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(_RELOAD_SECONDS)
-            if not self._files.changed():
-                continue
-            try:
-                self._load()
-            except ConfigError as exc:
-                log.warning("kept the last good certificate", error=str(exc))
-            else:
-                log.info("loaded a new certificate", setting=self._files.setting)
+    def _reload(self) -> None:
+        """The files again, after a change; a bad replacement leaves the last good one."""
+        try:
+            self._load()
+        except ConfigError as exc:
+            log.warning("kept the last good certificate", error=str(exc))
+        else:
+            log.info("loaded a new certificate", setting=self._files.setting)
 
 
 def peer_identity_from_auth_context(auth: Mapping[str, Iterable[bytes]]) -> PeerIdentity | None:
