@@ -51,10 +51,7 @@ def _worker_count(settings: Settings) -> int:
         return 1  # several in-memory brokers would each hold a part of the messages
     workers = settings.workers or default_workers()
     if workers > 1:
-        for key, address in (
-            ("grpc.address", settings.grpc.address),
-            ("server.address", settings.server.address),
-        ):
-            if address.endswith(":0"):
+        for key, address in settings.listen_addresses:
+            if int(address.rpartition(":")[2]) == 0:  # load_settings checked it is host:port
                 raise ConfigError(f"{key}: workers share one port; {address} asks each for its own")
     return workers
