@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["LOGGED_REQUEST_ID_LENGTH", "CallContext", "PeerIdentity", "TraceContext", "Transport"]
+__all__ = ["CallContext", "PeerIdentity", "TraceContext", "Transport"]
 
 Transport = Literal["grpc", "http"]
 
 # A request id comes from the client and is logged with each line of its call: bounded.
-LOGGED_REQUEST_ID_LENGTH = 128
+_LOGGED_REQUEST_ID_LENGTH = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +153,7 @@ class CallContext:
     def request_id(self) -> str | None:
         """The client's X-Request-Id, cut to a length fit for every log line of the call."""
         request_id = self.metadata.get("x-request-id")
-        return request_id[:LOGGED_REQUEST_ID_LENGTH] if request_id else None
+        return request_id[:_LOGGED_REQUEST_ID_LENGTH] if request_id else None
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (0 when past it), or None without one."""

@@ -38,6 +38,7 @@ __all__ = [
     "Outcome",
     "add_call_fields",
     "apply",
+    "call_fields",
     "visibility",
 ]
 
@@ -141,12 +142,13 @@ def add_call_fields(
     the keys the line does not set itself."""
     call = CURRENT_CALL.get()
     if call is not None:
-        for key, value in _fields(call).items():
+        for key, value in call_fields(call).items():
             event.setdefault(key, value)
     return event
 
 
-def _fields(call: CallContext) -> dict[str, str]:
+def call_fields(call: CallContext) -> dict[str, str]:
+    """What every log line of the call names: its transport, peer, request id and trace id."""
     fields = {"transport": call.transport, "peer": call.peer}
     if call.request_id:
         fields["request_id"] = call.request_id

@@ -30,9 +30,10 @@ from google.protobuf.message import Message
 from gateway.config import TlsSettings
 from gateway.contracts.http_rules import HttpRule
 from gateway.contracts.jsonmapping import json_number, parse_json_object
-from gateway.core.context import LOGGED_REQUEST_ID_LENGTH, CallContext
+from gateway.core.context import CallContext
 from gateway.core.method import Method
 from gateway.core.methods import Methods
+from gateway.core.middleware import call_fields
 from gateway.core.status import to_status_proto
 from gateway.errors import (
     HTTP_ONLY_STATUS,
@@ -479,13 +480,12 @@ def _set_path(fields: dict[str, Any], dotted: str, value: str) -> None:
     node[leaf] = value
 
 
-def _log_fields(request: web.Request) -> dict[str, Any]:
+def _log_fields(request: web.Request) -> dict[str, str]:
     """The log context of a request that never reached a method (LogContext binds it there)."""
-    fields: dict[str, Any] = {"transport": "http", "peer": request.remote}
-    request_id = request.headers.get("X-Request-Id")
-    if request_id:
-        fields["request_id"] = request_id[:LOGGED_REQUEST_ID_LENGTH]
-    return fields
+    peer = request.remote or ""
+    return call_fields(
+        CallContext.start("http", method="", peer=peer, timeout=None, metadata=_metadata(request))
+    )
 
 
 def _metadata(request: web.Request) -> dict[str, str]:
