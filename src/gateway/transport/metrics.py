@@ -179,6 +179,9 @@ def _outcome(error: BaseException, context: grpc.aio.ServicerContext[Any, Any]) 
 
 
 def _unary(meter: _Meter, behaviour: Any) -> Any:
+    """A unary call; or a handler that writes its responses with context.write and returns
+    None (grpc's health Watch): timed and counted the same, what it writes not seen here."""
+
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         meter.started.inc()
@@ -188,7 +191,8 @@ def _unary(meter: _Meter, behaviour: Any) -> Any:
         except BaseException as error:
             meter.ended(started, _outcome(error, context))
             raise
-        meter.sent.inc()
+        if response is not None:
+            meter.sent.inc()
         meter.ended(started, Code.OK)
         return response
 
@@ -197,9 +201,7 @@ def _unary(meter: _Meter, behaviour: Any) -> Any:
 
 def _unary_stream(meter: _Meter, behaviour: Any) -> Any:
     if not inspect.isasyncgenfunction(behaviour):
-        # A handler that writes with context.write (grpc's health Watch): timed and counted
-        # like a unary call; what it writes is not seen here.
-        return _unary_writer(meter, behaviour)
+        return _unary(meter, behaviour)  # a writer (context.write), not a generator
 
     async def unary_stream(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -217,21 +219,6 @@ def _unary_stream(meter: _Meter, behaviour: Any) -> Any:
         meter.ended(started, Code.OK)
 
     return unary_stream
-
-
-def _unary_writer(meter: _Meter, behaviour: Any) -> Any:
-    async def unary_writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        started = time.perf_counter()
-        meter.started.inc()
-        meter.received.inc()
-        try:
-            await behaviour(request, context)
-        except BaseException as error:
-            meter.ended(started, _outcome(error, context))
-            raise
-        meter.ended(started, Code.OK)
-
-    return unary_writer
 
 
 def _stream_stream(meter: _Meter, behaviour: Any) -> Any:
