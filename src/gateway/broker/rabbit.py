@@ -501,7 +501,6 @@ class RabbitBroker(Broker):
         try:
             await asyncio.shield(check)
         except aiormq.exceptions.ChannelNotFoundEntity:
-            self._mark_missing(exchange)
             raise exchange_not_found(exchange, routing_key) from None
         except _LOST as exc:
             raise GatewayError(
@@ -511,13 +510,18 @@ class RabbitBroker(Broker):
             ) from None
 
     async def _passive_declare(self, connection: AbstractConnection, exchange: str) -> None:
+        """Whether the exchange is there, on a channel of its own (a missing exchange closes
+        it): ChannelNotFoundEntity, and the exchange marked missing, when it is not."""
         channel = await _uncancelled(connection.channel(publisher_confirms=False))
         try:
             await _uncancelled(channel.declare_exchange(exchange, passive=True))
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            self._mark_missing(exchange)
+            raise
         finally:
             if not channel.is_closed:
                 await channel.close()
-        if connection is self._connection:
+        if connection is self._connection:  # not checked again until it is lost
             self._checked.add(exchange)
 
     # --- lanes ------------------------------------------------------------------------------
@@ -694,15 +698,7 @@ class RabbitBroker(Broker):
         """A connection for the exchange's publishes, once a passive declare found it there."""
         connection = await self._connect(url, f"publisher {exchange}")
         try:
-            probe = await _uncancelled(connection.channel(publisher_confirms=False))
-            try:
-                await _uncancelled(probe.declare_exchange(exchange, passive=True))
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                self._mark_missing(exchange)
-                raise
-            finally:
-                if not probe.is_closed:
-                    await probe.close()
+            await self._passive_declare(connection, exchange)
             return await self._open_channel(url, connection)
         except BaseException:
             with contextlib.suppress(*_LOST, OSError):
