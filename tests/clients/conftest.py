@@ -1,5 +1,5 @@
-"""The client SDK against a real gateway publishing to the real RabbitMQ (the integration
-suite's vhost and topology), and against the small servers of `servers.py`."""
+"""The client SDK against a real gateway publishing to the real RabbitMQ (the `gateway`
+fixture of tests/conftest.py), and against the small servers of `servers.py`."""
 
 from __future__ import annotations
 
@@ -12,15 +12,6 @@ from aio_pika.abc import AbstractIncomingMessage
 from taskgateway_api.images.v1 import images_pb2
 
 from tests.clients.servers import DroppingProxy, FakeGateway, Script
-from tests.conftest import RunningGateway, Topology, make_settings, wait_connected
-
-
-@pytest.fixture
-async def gateway(start_gateway: Any, rabbitmq_url: str, topology: Topology) -> RunningGateway:
-    """A gateway in this process, connected to the test vhost."""
-    running: RunningGateway = await start_gateway(make_settings(rabbitmq_url))
-    await wait_connected(running.gateway)
-    return running
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 from tests.clients.conftest import generate_request, task_id
 from tests.conftest import RunningGateway
 from tests.support.rabbitmq import Topology
+from tests.support.waits import hang_guard
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 WORK, DEAD = "clients.work", "clients.dead"
@@ -82,7 +83,10 @@ class WorkQueue:
     async def next_dead(self) -> AbstractIncomingMessage:
         """Wait for the next message in the dead-letter queue."""
         dead = await self.inspect.get_queue(DEAD)
-        async with dead.iterator() as messages:
+        async with (
+            hang_guard("a message reached the dead-letter queue"),
+            dead.iterator() as messages,
+        ):
             async for message in messages:
                 await message.ack()
                 return message
@@ -137,7 +141,8 @@ async def test_consume_acks_a_handled_task_and_dead_letters_an_undecodable_messa
 
     consuming = asyncio.create_task(consume(work_queue.queue, handler))
     dead = await work_queue.next_dead()
-    await seen.wait()
+    async with hang_guard("the handler got the task"):
+        await seen.wait()
     await _stop(consuming)
 
     assert [t.payload for t in handled] == [generate_request("fox").payload]
@@ -160,7 +165,8 @@ async def test_a_failed_task_is_requeued_and_acked_once_its_handler_succeeds(
         succeeded.set()
 
     consuming = asyncio.create_task(consume(work_queue.queue, handler, on_error=requeue_once))
-    await succeeded.wait()
+    async with hang_guard("the handler succeeded on the redelivered task"):
+        await succeeded.wait()
     await _stop(consuming)
 
     ((first_id, first_redelivered), (second_id, second_redelivered)) = deliveries
@@ -256,7 +262,8 @@ async def test_tasks_published_by_the_client_reach_the_consumer_by_task_id(
             all_in.set()
 
     consuming = asyncio.create_task(consume(queue, handler, concurrency=3))
-    await all_in.wait()
+    async with hang_guard(f"the consumer got all {len(keys)} tasks"):
+        await all_in.wait()
     await _stop(consuming)
 
     assert sorted(t.task_id for t in got) == sorted(task_id(k) for k in keys)

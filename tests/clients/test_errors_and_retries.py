@@ -5,13 +5,12 @@ call carries (the token, TLS with client certificates)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import trustme
 from task_gateway_client import (
     AsyncTaskGatewayClient,
     PermissionDenied,
@@ -158,26 +157,17 @@ async def test_every_call_carries_the_bearer_token(fake_gateway: Any) -> None:
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for gateway.test and a client certificate, made by openssl."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed (it makes the test certificates)")
+    """PEM files of a CA, a server certificate for gateway.test and a client certificate
+    (made by trustme, so no openssl is needed and the test cannot be skipped for want of it)."""
     where = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True, timeout=30)
-
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test-ca")
-    for name, extension in [
-        ("server", "subjectAltName=DNS:gateway.test"),
-        ("client", "extendedKeyUsage=clientAuth"),
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(where / "ca.pem"))
+    for name, issued in [
+        ("server", ca.issue_cert("gateway.test")),
+        ("client", ca.issue_cert(common_name="client")),
     ]:
-        (where / f"{name}.ext").write_text(extension + "\n")
-        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
-        )  # fmt: skip
+        issued.cert_chain_pems[0].write_to_path(str(where / f"{name}.pem"))
+        issued.private_key_pem.write_to_path(str(where / f"{name}.key"))
     return where
 
 

@@ -8,21 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 from google.protobuf import any_pb2, json_format
 from taskgateway_api.images.v1 import images_pb2
 from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 from taskgateway_api.videos.v1 import videos_pb2
 
-from tests.conftest import Topology, make_settings, wait_connected
+from tests.conftest import Topology
 from tests.integration.test_publish import LEGACY_EXAMPLE
-
-
-@pytest.fixture
-async def gateway(start_gateway: Any, rabbitmq_url: str, topology: Topology) -> Any:
-    running = await start_gateway(make_settings(rabbitmq_url))
-    await wait_connected(running.gateway)
-    return running
 
 
 def _typed(message: Any) -> gateway_pb2.TaskEntry:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,49 +12,13 @@ from typing import Any
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from yarl import URL
 
-from tests.conftest import Topology, make_settings, wait_connected
+from tests.conftest import Topology, make_settings, through, wait_connected
 from tests.integration.test_publish import LEGACY_EXAMPLE
+from tests.support.tcp_proxy import TcpProxy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-class TcpProxy:
-    """A TCP forwarder to the broker that can be started late and cut, to play an outage."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        with socket.socket() as probe:  # a free port that nothing listens on yet
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        """Stop listening and drop every forwarded connection."""
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        await self._server.wait_closed()
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        self._writers |= {writer, upstream_writer}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.transport.abort()
-
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
 
 
 async def _statuses(channel: Any) -> AsyncIterator[int]:
@@ -73,22 +35,21 @@ async def _next_status(statuses: AsyncIterator[int], wanted: int) -> None:
 
 
 async def test_health_follows_broker_reachability(
-    start_gateway: Any, rabbitmq_url: str, topology: Topology
+    start_gateway: Any, rabbitmq_url: str, topology: Topology, proxy: TcpProxy
 ) -> None:
     """Health is NOT_SERVING while the broker is unreachable and SERVING once it is, by itself."""
-    url = URL(rabbitmq_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5672)
-    running = await start_gateway(make_settings(str(url.with_port(proxy.port))))
+    proxy.refusing = True  # the broker unreachable from the start
+    running = await start_gateway(make_settings(through(proxy, rabbitmq_url)))
     statuses = _statuses(running.channel)
 
     await _next_status(statuses, NOT_SERVING)
-    await proxy.start()
+    proxy.refusing = False
     await _next_status(statuses, SERVING)
-    await proxy.cut()
+    proxy.refusing = True
+    proxy.cut_all()  # the broker gone: no connection to it, open or new
     await _next_status(statuses, NOT_SERVING)
-    await proxy.start()
+    proxy.refusing = False
     await _next_status(statuses, SERVING)
-    await proxy.cut()
 
 
 def _grpcurl() -> str:

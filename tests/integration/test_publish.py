@@ -31,13 +31,6 @@ LEGACY_EXAMPLE = {
 }
 
 
-@pytest.fixture
-async def gateway(start_gateway: Any, rabbitmq_url: str, topology: Topology) -> Any:
-    running = await start_gateway(make_settings(rabbitmq_url))
-    await wait_connected(running.gateway)
-    return running
-
-
 def _typed_calls() -> list[tuple[str, Any, Any, str, dict[str, Any]]]:
     """(task type, stub class, request, queue, payload as proto JSON) for every typed RPC."""
     image = {"model": "m1", "prompt": "a red fox", "image_name": "fox", "width": 512}
@@ -438,7 +431,7 @@ async def test_deleted_exchange_fails_alone_and_gateway_recovers(
         k.rsplit(":", 1)[1] for k in video_keys
     )
 
-    await topology.restore_exchange("images.tasks")
+    await topology.declare_exchange("images.tasks")  # back, with its bindings
     response = await stub.Generate(images_pb2.GenerateRequest(user_id="after", payload=payload))
     (message,) = await topology.drain("images.queue")
     assert message.message_id == response.task_key.rsplit(":", 1)[1]

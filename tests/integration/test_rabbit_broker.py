@@ -17,13 +17,14 @@ from typing import Any
 import aio_pika
 import pytest
 import structlog.testing
-from yarl import URL
 
 from gateway.broker import Envelope
 from gateway.broker.rabbit import RabbitBroker, _close_reason, _is_blocked
 from gateway.errors import Code, GatewayError
+from tests.conftest import through, wait_broker_connected
 from tests.support.rabbitmq import Topology
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import hang_guard
 
 CONTROL = 0  # the proxy's first connection: the broker connects its control connection first
 
@@ -40,13 +41,6 @@ def envelope(exchange: str = "images.tasks", routing_key: str = "images.generate
     )
 
 
-async def wait_connected(broker: RabbitBroker) -> None:
-    connected = asyncio.Event()
-    broker.add_state_listener(lambda up: connected.set() if up else connected.clear())
-    async with asyncio.timeout(10):
-        await connected.wait()
-
-
 def make_broker(url: str) -> RabbitBroker:
     return RabbitBroker(
         [url],
@@ -58,23 +52,12 @@ def make_broker(url: str) -> RabbitBroker:
 
 
 @pytest.fixture
-async def proxy(rabbitmq_url: str) -> AsyncIterator[TcpProxy]:
-    target = URL(rabbitmq_url)
-    async with TcpProxy(target.host or "127.0.0.1", target.port or 5672) as running:
-        yield running
-
-
-def through(proxy: TcpProxy, rabbitmq_url: str) -> str:
-    return str(URL(rabbitmq_url).with_host("127.0.0.1").with_port(proxy.port))
-
-
-@pytest.fixture
 async def broker_via_proxy(
     proxy: TcpProxy, rabbitmq_url: str, topology: Topology
 ) -> AsyncIterator[RabbitBroker]:
     broker = make_broker(through(proxy, rabbitmq_url))
     await broker.start()
-    await wait_connected(broker)
+    await wait_broker_connected(broker)
     yield broker
     await broker.close()
 
@@ -90,7 +73,8 @@ async def test_losing_the_control_connection_fails_no_publish_on_an_open_lane(
 
     proxy.refusing = True
     proxy.cut(CONTROL)
-    await lost.wait()
+    async with hang_guard("the broker noticed its control connection was cut"):
+        await lost.wait()
     await broker.publish(envelope())
 
     assert not broker.connected
@@ -106,7 +90,8 @@ async def test_with_neither_lane_nor_control_a_publish_fails_at_once(
     broker.add_state_listener(lambda up: None if up else lost.set())
     proxy.refusing = True
     proxy.cut(CONTROL)
-    await lost.wait()
+    async with hang_guard("the broker noticed its control connection was cut"):
+        await lost.wait()
     accepted = proxy.accepted
 
     with pytest.raises(GatewayError) as caught:
@@ -160,7 +145,7 @@ async def test_an_unexpected_error_does_not_stop_the_supervisor(
     with structlog.testing.capture_logs() as logs:
         await broker.start()
         try:
-            await wait_connected(broker)
+            await wait_broker_connected(broker)
             await broker.publish(envelope())
         finally:
             await broker.close()

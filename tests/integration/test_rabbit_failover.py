@@ -21,7 +21,8 @@ from yarl import URL
 from gateway.broker.rabbit import RabbitBroker
 from gateway.config import redact
 from gateway.errors import Code, GatewayError
-from tests.integration.test_rabbit_broker import envelope, through, wait_connected
+from tests.conftest import through, wait_broker_connected
+from tests.integration.test_rabbit_broker import envelope
 from tests.support.rabbitmq import Topology
 from tests.support.tcp_proxy import TcpProxy
 
@@ -87,7 +88,7 @@ async def test_a_lane_moves_to_the_next_address_while_the_control_connection_sta
     with structlog.testing.capture_logs(processors=[logged]):
         await broker.start()
         try:
-            await wait_connected(broker)
+            await wait_broker_connected(broker)
             await broker.publish(envelope())  # opens the lane, through A as the control connection
 
             a.refusing = True
@@ -115,7 +116,7 @@ async def test_a_publish_never_waits_for_a_node_not_known_to_be_up(
     with structlog.testing.capture_logs(processors=[logged]):
         await broker.start()
         try:
-            await wait_connected(broker)
+            await wait_broker_connected(broker)
             await broker.publish(envelope())
             lost = asyncio.Event()
             broker.add_state_listener(lambda up: None if up else lost.set())

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
-from yarl import URL
 
+from tests.conftest import through
 from tests.support.gateway_process import OWN_CONNECTION, read_until, start_gateway_process
 from tests.support.ports import free_port
 from tests.support.rabbitmq import Topology
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import hang_guard
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 REQUEST = images_pb2.GenerateRequest(
@@ -42,13 +41,6 @@ async def _publish(address: str) -> grpc.StatusCode:
         return grpc.StatusCode.OK
 
 
-@pytest.fixture
-async def proxy(rabbitmq_url: str) -> AsyncIterator[TcpProxy]:
-    target = URL(rabbitmq_url)
-    async with TcpProxy(target.host or "127.0.0.1", target.port or 5672) as running:
-        yield running
-
-
 async def test_no_worker_says_serving_until_every_worker_can_publish(
     rabbitmq_url: str, topology: Topology, proxy: TcpProxy
 ) -> None:
@@ -58,7 +50,7 @@ async def test_no_worker_says_serving_until_every_worker_can_publish(
     grpc_address = f"127.0.0.1:{free_port()}"
     gateway = await start_gateway_process(
         {
-            "TASK_GATEWAY__BROKER__ADDRESS": str(URL(rabbitmq_url).with_port(proxy.port)),
+            "TASK_GATEWAY__BROKER__ADDRESS": through(proxy, rabbitmq_url),
             "TASK_GATEWAY__BROKER__CONNECT_TIMEOUT_SECONDS": "60",
             "TASK_GATEWAY__GRPC__ADDRESS": grpc_address,
             "TASK_GATEWAY__SERVER__ADDRESS": f"127.0.0.1:{free_port()}",
@@ -71,8 +63,9 @@ async def test_no_worker_says_serving_until_every_worker_can_publish(
         await proxy.until_arrived(2)
         while_held = [await _health(grpc_address) for _ in range(12)]
         proxy.release()
-        while await _health(grpc_address) != SERVING:
-            pass  # each probe asks on a new connection, either worker may answer
+        async with hang_guard("a probe said SERVING once the held connection was released"):
+            while await _health(grpc_address) != SERVING:
+                pass  # each probe asks on a new connection, either worker may answer
         codes = await asyncio.gather(*(_publish(grpc_address) for _ in range(40)))
     finally:
         gateway.send_signal(signal.SIGTERM)

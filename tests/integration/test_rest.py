@@ -8,12 +8,11 @@ import json
 from typing import Any
 
 import aiohttp
-import pytest
 from google.protobuf import json_format
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from tests.conftest import Topology, make_settings, wait_connected
+from tests.conftest import Topology, make_settings, url
 from tests.integration.test_publish import LEGACY_EXAMPLE
 
 # The legacy README's example request, byte for byte.
@@ -26,23 +25,6 @@ LEGACY_REQUEST = b"""{
 "image_name": "warrior"
 }
 }"""
-
-
-@pytest.fixture
-async def gateway(start_gateway: Any, rabbitmq_url: str, topology: Topology) -> Any:
-    running = await start_gateway(make_settings(rabbitmq_url))
-    await wait_connected(running.gateway)
-    return running
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def url(running: Any, path: str) -> str:
-    return f"http://127.0.0.1:{running.gateway.http_port}{path}"
 
 
 async def test_legacy_curl_request_publishes_the_legacy_message(

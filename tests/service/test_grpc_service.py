@@ -12,9 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 
 from gateway.broker import Broker, Envelope
-from gateway.broker.memory import Definitions, MemoryBroker
 from gateway.config import RouteSettings
-from tests.conftest import DEFINITIONS, make_settings, replace_settings
+from tests.conftest import make_settings, memory_broker, replace_settings
+from tests.support.waits import hang_guard
 
 REQUEST = images_pb2.GenerateRequest(
     user_id="u1", payload=images_pb2.GeneratePayload(model="m", prompt="p", image_name="n")
@@ -57,14 +57,15 @@ class HeldBroker(Broker):
         self.waiting -= 1
         self.published.append(envelope)
 
+    async def until_arrived(self) -> None:
+        """Return once a publish has reached the broker."""
+        async with hang_guard("a publish reached the held broker"):
+            await self.arrived.wait()
+
     async def until_waiting(self, count: int) -> None:
         """Return once `count` publishes are held."""
-        async with self._changed:
+        async with hang_guard(f"{count} publishes held by the broker"), self._changed:
             await self._changed.wait_for(lambda: self.waiting >= count)
-
-
-def memory_broker() -> MemoryBroker:
-    return MemoryBroker(Definitions.load(DEFINITIONS))
 
 
 async def test_publish_slower_than_the_cap_is_deadline_exceeded(start_gateway: Any) -> None:
@@ -91,7 +92,7 @@ async def test_in_flight_cap_answers_resource_exhausted(start_gateway: Any) -> N
     running = await start_gateway(settings, broker)
     stub = images_pb2_grpc.ImagesServiceStub(running.channel)
     first = asyncio.ensure_future(stub.Generate(REQUEST))
-    await broker.arrived.wait()
+    await broker.until_arrived()
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Generate(REQUEST)
@@ -143,7 +144,7 @@ async def test_graceful_shutdown_lets_in_flight_publish_finish(start_gateway: An
     running = await start_gateway(make_settings(), broker)
     stub = images_pb2_grpc.ImagesServiceStub(running.channel)
     in_flight = asyncio.ensure_future(stub.Generate(REQUEST))
-    await broker.arrived.wait()
+    await broker.until_arrived()
     health = health_pb2_grpc.HealthStub(running.channel).Watch(health_pb2.HealthCheckRequest())
     assert (await health.read()).status == health_pb2.HealthCheckResponse.SERVING
 

@@ -18,35 +18,20 @@ from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 import gateway.app.server
 import gateway.core.methods
-from gateway.broker.memory import Definitions, MemoryBroker
 from gateway.core.context import CallContext
 from gateway.core.method import Method, StreamHandler, UnaryHandler
 from gateway.core.middleware import Middleware, add_call_fields
-from tests.conftest import DEFINITIONS, make_settings, replace_settings
+from tests.conftest import make_settings, memory_broker, replace_settings, url
 
 PAYLOAD = {"model": "m", "prompt": "p", "image_name": "n"}
 GENERATE = images_pb2.GenerateRequest(user_id="u1", payload=images_pb2.GeneratePayload(**PAYLOAD))
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def memory_broker() -> MemoryBroker:
-    return MemoryBroker(Definitions.load(DEFINITIONS))
-
-
 def typed_entry() -> gateway_pb2.TaskEntry:
     entry = gateway_pb2.TaskEntry()
     entry.typed.Pack(GENERATE)
     return entry
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def url(running: Any, path: str) -> str:
-    return f"http://127.0.0.1:{running.gateway.http_port}{path}"
 
 
 # --- 1. a batch is bounded, and yields while it works ---------------------------------------
@@ -110,30 +95,60 @@ async def test_the_cap_is_in_the_openapi_document(
     assert batch["properties"]["entries"]["maxItems"] == 123
 
 
+class Working(Middleware):
+    """Marks the span in which a unary method's handler runs, so turns are counted in it only."""
+
+    def __init__(self) -> None:
+        self.running = False
+
+    def unary(self, method: Method, handler: UnaryHandler) -> UnaryHandler:
+        async def marked(request: Any, call: CallContext) -> Message:
+            self.running = True
+            try:
+                return await handler(request, call)
+            finally:
+                self.running = False
+
+        return marked
+
+    def stream(self, method: Method, handler: StreamHandler) -> StreamHandler:
+        return handler
+
+
 async def test_a_batch_lets_the_event_loop_run_between_its_entries(
     start_gateway: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Entries that settle at once still give the loop a turn at every time slice."""
     monkeypatch.setattr(gateway.core.methods, "_TIME_SLICE_SECONDS", 0.0)  # a slice per entry
+    working = Working()
+    built_in = gateway.app.server.middlewares
+    monkeypatch.setattr(
+        gateway.app.server,
+        "middlewares",
+        lambda settings, tracer=None, **hooks: [*built_in(settings), working],
+    )
     running = await start_gateway(make_settings())
     stub = gateway_pb2_grpc.TaskGatewayServiceStub(running.channel)
     invalid = gateway_pb2.TaskEntry()  # neither publish nor typed: settles at once
     turns = 0
 
     async def count_turns() -> None:
+        # Only turns taken while the batch's handler runs count: the RPC around it (gRPC's
+        # reading and writing) gives the loop turns of its own, whether the batch yields or not.
         nonlocal turns
         while True:
-            turns += 1
+            turns += working.running
             await asyncio.sleep(0)
 
     counter = asyncio.create_task(count_turns())
     answer = await stub.PublishBatch(
-        gateway_pb2.PublishBatchRequest(entries=[invalid] * 200), timeout=10
+        gateway_pb2.PublishBatchRequest(entries=[invalid] * 400), timeout=10
     )
     counter.cancel()
 
-    assert len(answer.results) == 200
-    assert turns > 200, "other tasks ran while the batch went through its entries"
+    assert len(answer.results) == 400
+    # A slice per entry is a turn per entry (400); without slices the batch takes none.
+    assert turns >= 200, f"other tasks got {turns} turns while the batch worked"
 
 
 # --- 2. a bug is INTERNAL, with nothing of it in the answer ---------------------------------

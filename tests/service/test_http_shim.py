@@ -12,21 +12,11 @@ import pytest
 from google.protobuf import json_format
 from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from tests.conftest import make_settings, replace_settings
+from tests.conftest import make_settings, memory_broker, replace_settings, url
 from tests.integration.test_publish import LEGACY_EXAMPLE
-from tests.service.test_grpc_service import HeldBroker, memory_broker
+from tests.service.test_grpc_service import HeldBroker
 
 TASK = {"user_id": "u1", "payload": {"model": "m", "prompt": "p", "image_name": "n"}}
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def url(running: Any, path: str) -> str:
-    return f"http://127.0.0.1:{running.gateway.http_port}{path}"
 
 
 async def _post(http: aiohttp.ClientSession, running: Any, **kwargs: Any) -> tuple[int, Any]:
@@ -41,7 +31,7 @@ async def test_in_flight_cap_is_429(start_gateway: Any, http: aiohttp.ClientSess
         replace_settings(make_settings(), "broker", max_in_flight=1), broker
     )
     first = asyncio.ensure_future(_post(http, running))
-    await broker.arrived.wait()
+    await broker.until_arrived()
 
     status, answer = await _post(http, running)
     broker.release.set()
@@ -87,7 +77,7 @@ async def test_shutting_down_is_503_and_not_ready(
     broker = HeldBroker()
     running = await start_gateway(make_settings(), broker)
     in_flight = asyncio.ensure_future(_post(http, running))
-    await broker.arrived.wait()
+    await broker.until_arrived()
     ready_url = f"http://127.0.0.1:{running.gateway.http_port}/readyz"
 
     await running.gateway.begin_shutdown()  # the first step of Gateway.stop

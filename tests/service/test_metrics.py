@@ -6,7 +6,7 @@ series moved during the test, not its absolute value.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, url
 
 PAYLOAD = {"model": "m", "prompt": "p", "image_name": "n"}
 GENERATE = images_pb2.GenerateRequest(user_id="u1", payload=images_pb2.GeneratePayload(**PAYLOAD))
@@ -36,16 +36,6 @@ def moved(*series: tuple[str, dict[str, str]]) -> Iterator[list[float]]:
     changes: list[float] = []
     yield changes
     changes += [value(name, **labels) - b for (name, labels), b in zip(series, before, strict=True)]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def url(running: Any, path: str) -> str:
-    return f"http://127.0.0.1:{running.gateway.http_port}{path}"
 
 
 async def test_a_unary_call_is_counted_as_go_grpc_middleware_counts_it(start_gateway: Any) -> None:

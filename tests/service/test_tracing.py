@@ -20,7 +20,7 @@ from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 import gateway.app.server
 from gateway.broker.memory import Definitions, MemoryBroker
 from gateway.core.middleware import add_call_fields
-from tests.conftest import DEFINITIONS, make_settings
+from tests.conftest import make_settings, memory_broker
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -42,10 +42,6 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     )
     yield exporter
     provider.shutdown()
-
-
-def memory_broker() -> MemoryBroker:
-    return MemoryBroker(Definitions.load(DEFINITIONS))
 
 
 def by_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[ReadableSpan]:

@@ -315,10 +315,6 @@ class RabbitNode:
             raise RuntimeError(f"{self.node}: no running Erlang VM listens on {self.amqp_port}")
         return pid
 
-    async def restart(self) -> float:
-        await self.stop()
-        return await self.start()
-
     async def ctl(self, *args: str, timeout: float = _CTL_TIMEOUT_SECONDS) -> str:
         """Run `rabbitmqctl -n <this node> ARGS`; its stdout, or RuntimeError with its stderr."""
         process = await asyncio.create_subprocess_exec(

@@ -142,9 +142,6 @@ class Topology:
     async def delete_exchange(self, name: str) -> None:
         await self.channel.exchange_delete(name)
 
-    async def restore_exchange(self, name: str) -> None:
-        await self.declare_exchange(name)
-
     async def counts(self) -> dict[str, int]:
         """Messages in each queue now (passive queue.declare)."""
         # aio-pika's channel caches declared queues (and their first DeclareOk): a passive

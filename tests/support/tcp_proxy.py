@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
+from tests.support.waits import hang_guard
+
 __all__ = ["TcpProxy"]
 
 
@@ -50,8 +52,7 @@ class TcpProxy:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._server is not None:
             self._server.close()
-        for link in self.links:
-            link.cut()
+        self.cut_all()
         tasks = [task for link in self.links for task in link.tasks]
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
@@ -68,12 +69,17 @@ class TcpProxy:
 
     async def until_arrived(self, count: int) -> None:
         """Until `count` connections have arrived (held ones included)."""
-        async with self._arrival:
+        async with hang_guard(f"{count} connections arrived at the proxy"), self._arrival:
             await self._arrival.wait_for(lambda: self.arrived >= count)
 
     def cut(self, index: int) -> None:
         """Reset the `index`-th connection (0: the first accepted) on both sides."""
         self.links[index].cut()
+
+    def cut_all(self) -> None:
+        """Reset every connection forwarded so far (with `refusing`: the target is gone)."""
+        for link in self.links:
+            link.cut()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:

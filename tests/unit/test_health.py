@@ -10,6 +10,7 @@ from gateway.broker.memory import Definitions, MemoryBroker
 from gateway.contracts.files import CONTRACT_FILES
 from gateway.contracts.routing import build_route_table
 from tests.conftest import DEFINITIONS
+from tests.support.waits import hang_guard
 
 ROUTES = build_route_table(CONTRACT_FILES, [])
 
@@ -37,9 +38,10 @@ class Recorder:
         self.changed.set()
 
     async def until(self, serving: bool) -> None:
-        while not (self.delivered and self.delivered[-1] is serving):
-            self.changed.clear()
-            await self.changed.wait()
+        async with hang_guard(f"the listener was told serving={serving}"):
+            while not (self.delivered and self.delivered[-1] is serving):
+                self.changed.clear()
+                await self.changed.wait()
 
 
 async def test_a_quick_flip_ends_in_the_last_state_with_no_overlap() -> None:
