@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import grpc
@@ -22,7 +20,7 @@ from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 
 from tests.conftest import ROOT, Topology, unavailable
 from tests.integration.test_publish import LEGACY_EXAMPLE
-from tests.support.gateway_process import OWN_CONNECTION, read_until, start_gateway_process
+from tests.support.gateway_process import OWN_CONNECTION, GatewayProcess, read_until
 from tests.support.ports import free_port
 
 REQUEST = images_pb2.GenerateRequest(
@@ -33,38 +31,20 @@ REST_CALLS = 20
 
 
 @pytest.fixture
-async def gateway(rabbitmq_url: str, topology: Topology) -> AsyncIterator[dict[str, Any]]:
+async def gateway(
+    rabbitmq_url: str, topology: Topology, tmp_path: Path
+) -> AsyncIterator[GatewayProcess]:
     """`python -m gateway --workers 2` on RabbitMQ, ready (every worker connected)."""
-    grpc_port, http_port = free_port(), free_port()
-    process = await start_gateway_process(
-        {
-            "TASK_GATEWAY__BROKER__ADDRESS": rabbitmq_url,
-            "TASK_GATEWAY__GRPC__ADDRESS": f"127.0.0.1:{grpc_port}",
-            "TASK_GATEWAY__SERVER__ADDRESS": f"127.0.0.1:{http_port}",
-            "TASK_GATEWAY__LOG__LEVEL": "warning",
-        },
-        "--workers",
-        "2",
-    )
+    gateway = GatewayProcess(rabbitmq_url, tmp_path, args=("--workers", "2"))
+    await gateway.start()
     try:
-        async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(30):
-                while True:  # a new connection each time: either worker may answer
-                    try:
-                        async with http.get(f"http://127.0.0.1:{http_port}/readyz") as ready:
-                            if ready.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
-        yield {"grpc": f"127.0.0.1:{grpc_port}", "http": http_port}
+        yield gateway
     finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.communicate(), 30)
+        await gateway.stop()
 
 
 @pytest.fixture
-async def prometheus(gateway: dict[str, Any], tmp_path: Path) -> AsyncIterator[str]:
+async def prometheus(gateway: GatewayProcess, tmp_path: Path) -> AsyncIterator[str]:
     """A Prometheus server scraping the gateway every second; its base URL."""
     binary = shutil.which("prometheus")
     if binary is None:
@@ -75,7 +55,7 @@ async def prometheus(gateway: dict[str, Any], tmp_path: Path) -> AsyncIterator[s
         "rule_files: [alerts.yaml]\n"
         "scrape_configs:\n"
         "  - job_name: task-gateway\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{gateway['http']}']}}]\n"
+        f"    static_configs: [{{targets: ['{gateway.addresses.http}']}}]\n"
     )
     port = free_port()
     process = await asyncio.create_subprocess_exec(
@@ -114,18 +94,20 @@ async def _until(http: aiohttp.ClientSession, base: str, expression: str, wanted
 
 
 async def test_prometheus_counts_every_call_whatever_worker_it_scrapes(
-    gateway: dict[str, Any], prometheus: str
+    gateway: GatewayProcess, prometheus: str
 ) -> None:
     """After N typed gRPC and M REST calls, Prometheus has N handled calls and N+M tasks."""
     for _ in range(TYPED_CALLS):  # a new connection each: the kernel spreads them over workers
-        async with grpc.aio.insecure_channel(gateway["grpc"], options=OWN_CONNECTION) as channel:
+        async with grpc.aio.insecure_channel(
+            gateway.addresses.grpc, options=OWN_CONNECTION
+        ) as channel:
             await images_pb2_grpc.ImagesServiceStub(channel).Generate(REQUEST, timeout=10)
     async with aiohttp.ClientSession() as http:
         for _ in range(REST_CALLS):
             async with (
                 aiohttp.ClientSession() as fresh,
                 fresh.post(
-                    f"http://127.0.0.1:{gateway['http']}/api/v1/broker/publish", json=LEGACY_EXAMPLE
+                    f"{gateway.http_base}/api/v1/broker/publish", json=LEGACY_EXAMPLE
                 ) as answer,
             ):
                 assert answer.status == 200

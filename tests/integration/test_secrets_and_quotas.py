@@ -19,27 +19,14 @@ from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 from yarl import URL
 
 from tests.conftest import Topology
-from tests.support.gateway_process import OWN_CONNECTION, start_gateway_process
-from tests.support.ports import free_port
+from tests.support.gateway_process import OWN_CONNECTION, GatewayProcess
 from tests.support.rabbitmq import rabbitmqctl
 
 REQUEST = images_pb2.GenerateRequest(
     user_id="7", payload=images_pb2.GeneratePayload(model="m", prompt="p", image_name="n")
 )
 RATE, BURST = 10, 5
-
-
-async def _until_ready(http_port: int) -> None:
-    """Every worker connected: /readyz is 200 (either worker may answer; both must be up)."""
-    async with aiohttp.ClientSession() as http, asyncio.timeout(30):
-        while True:
-            try:
-                async with http.get(f"http://127.0.0.1:{http_port}/readyz") as answer:
-                    if answer.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
+STOP_GRACE = 30.0  # seconds from SIGTERM to SIGKILL
 
 
 async def _until_reconnected(http_port: int, workers: int) -> None:
@@ -78,37 +65,31 @@ async def gateway(
     user, password = f"gw-{secrets.token_hex(4)}", secrets.token_urlsafe(18)
     rabbitmqctl("add_user", user, password)
     rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-    grpc_port, http_port = free_port(), free_port()
-    process = await start_gateway_process(
-        {
-            "TASK_GATEWAY__BROKER__ADDRESS": str(
-                URL(rabbitmq_url).with_user(user).with_password(password)
-            ),
-            "TASK_GATEWAY__GRPC__ADDRESS": f"127.0.0.1:{grpc_port}",
-            "TASK_GATEWAY__SERVER__ADDRESS": f"127.0.0.1:{http_port}",
+    process = GatewayProcess(
+        str(URL(rabbitmq_url).with_user(user).with_password(password)),
+        tmp_path,
+        args=("--workers", "2"),
+        settings={
             "TASK_GATEWAY__AUTH__MODE": "required",
             "TASK_GATEWAY__AUTH__CLIENTS_FILE": str(tmp_path / "clients.toml"),
             "TASK_GATEWAY__LOG__LEVEL": "debug",
+            # The console renderer, the gateway's outside production: its tracebacks show
+            # the frames' local variables, where a secret would show too.
+            "TASK_GATEWAY__LOG__FORMAT": "console",
         },
-        "--workers",
-        "2",
     )
-    output = asyncio.create_task(process.communicate())  # read all along: no full pipe
     try:
-        await _until_ready(http_port)
+        await process.start()
         yield {
-            "grpc": f"127.0.0.1:{grpc_port}",
-            "http": http_port,
+            "grpc": process.addresses.grpc,
+            "http": process.addresses.http_port,
             "token": token,
             "password": password,
             "vhost": vhost,
-            "output": output,
             "process": process,
         }
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(output, 30)
+        await process.stop(STOP_GRACE)
         await asyncio.to_thread(rabbitmqctl, "delete_user", user)
 
 
@@ -158,9 +139,10 @@ async def test_no_log_line_holds_the_token_or_the_amqp_password(gateway: dict[st
     # Not /readyz: it may still be 200 before a worker noticed, and a worker stopped before
     # it noticed never logs the loss.
     await _until_reconnected(gateway["http"], workers=2)
-    gateway["process"].send_signal(signal.SIGTERM)
-    output, _ = await asyncio.wait_for(gateway["output"], 30)
-    text = output.decode()
+    process: GatewayProcess = gateway["process"]
+    status = await process.stop(STOP_GRACE)
+    assert status != -signal.SIGKILL, "no clean stop: what it logs on the way out is missing"
+    text = process.output()
 
     assert "task published" in text, "the run was logged at all"
     assert "lost the connection to RabbitMQ; reconnecting" in text, "the lost broker was logged"

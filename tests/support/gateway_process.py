@@ -1,8 +1,9 @@
 """`python -m gateway` in a process of its own, as an operator runs it.
 
-`start_gateway_process` runs it with its output piped, for a test that reads what it logs;
-`GatewayProcess` runs it as the soak and the bench do: on free loopback ports, in a session of
-its own, its output in a log file, ready once /readyz says so.
+`start_gateway_process` runs it with its output piped, for a test that reads what it logs as
+it runs or sees how it exits; `GatewayProcess` runs it as the soak, the bench and the tests that
+need a running gateway do: on free loopback ports, in a session of its own, its output in a log
+file, ready once /readyz says so.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ async def read_until(process: asyncio.subprocess.Process, text: str) -> str:
 class GatewayProcess:
     """`python -m gateway ARGS` publishing to `broker_url`, its output in log_dir/name.log.
 
-    JSON logs at level warning: at info the gateway logs every request, which
-    costs throughput and fills the log; `settings` adds or overrides TASK_GATEWAY__* variables.
+    An empty `broker_url` is the in-memory broker. JSON logs at level warning: at info the
+    gateway logs every request, which costs throughput and fills the log; `settings` adds or
+    overrides TASK_GATEWAY__* variables.
     """
 
     broker_url: str
@@ -154,3 +156,7 @@ class GatewayProcess:
 
     def log_tail(self, lines: int = 30) -> str:
         return self.child.tail(lines) if self.child else ""
+
+    def output(self) -> str:
+        """All it wrote to stdout and stderr so far (the whole log file)."""
+        return self.child.log_path.read_text(errors="replace") if self.child else ""
