@@ -1,12 +1,15 @@
-"""Small gRPC servers for the client tests: a proxy that drops answers, and a scripted gateway.
+"""Small gRPC servers for the client tests: a proxy that drops answers, a scripted gateway, and
+a gateway whose calls are reset.
 
-Both speak raw bytes through generic handlers, so they serve any method of the contracts.
+They speak raw bytes through generic handlers, so they serve any method of the contracts.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent import futures
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -131,3 +134,40 @@ async def abort_with_status(
         status.details.append(detail)
     grpc_status = rpc_status.to_status(status)
     await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
+
+
+class ResettingGateway:
+    """A gateway whose first `resets` calls are cut off after they arrived, as a server or a
+    proxy that resets the stream does (RST_STREAM CANCEL); the later ones get `answer`.
+
+    A threaded grpc server, since grpc.aio's servicer context cannot reset a call.
+    """
+
+    def __init__(self, resets: int, answer: bytes) -> None:
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self._server.add_generic_rpc_handlers([_SyncAnyMethod(self._unary)])
+        self._resets = resets
+        self._answer = answer
+        self.requests: list[bytes] = []  # every call's request, in order
+        self._lock = threading.Lock()
+        self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop(grace=None)
+
+    def _unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        with self._lock:
+            self.requests.append(request)
+            reset = len(self.requests) <= self._resets
+        if reset:
+            context.cancel()
+        return self._answer
+
+
+class _SyncAnyMethod(grpc.GenericRpcHandler):
+    def __init__(self, unary: Callable[[bytes, grpc.ServicerContext], bytes]) -> None:
+        self._unary = unary
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.unary_unary_rpc_method_handler(self._unary)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import pytest
@@ -137,6 +138,37 @@ async def test_a_gateway_that_cannot_be_reached_raises_unavailable(call: Any) ->
         )
 
     assert not isinstance(raised.value, OutcomeUnknown)
+
+
+async def test_a_gateway_name_that_does_not_resolve_raises_unavailable(call: Any) -> None:
+    """A name that does not resolve (.invalid never does) means nothing was sent: Unavailable."""
+    with pytest.raises(Unavailable) as raised:
+        await call(
+            "no-such-host.invalid:50051", "submit", generate_request(), client={"retry": FAST_RETRY}
+        )
+
+    assert not isinstance(raised.value, OutcomeUnknown)
+    assert "resolv" in raised.value.message
+
+
+@pytest.mark.parametrize("deadline", [0, -1.0, math.nan, math.inf])
+async def test_a_deadline_that_is_no_positive_finite_number_is_refused_naming_it(
+    deadline: float,
+) -> None:
+    """A client's deadline or a call's (0 included, not taken for "the default") that is not a
+    positive finite number of seconds is a ValueError naming deadline; nothing is sent."""
+    for client_type in (TaskGatewayClient, AsyncTaskGatewayClient):
+        with pytest.raises(ValueError, match=f"deadline must be .*got {deadline!r}"):
+            client_type("127.0.0.1:1", deadline=deadline)
+    no_retry = RetryPolicy(max_attempts=1)
+    with TaskGatewayClient("127.0.0.1:1", retry=no_retry) as client:
+        with pytest.raises(ValueError, match="deadline must be"):
+            client.publish("images.generate", "12345", {}, deadline=deadline)
+        with pytest.raises(ValueError, match="deadline must be"):
+            client.submit(generate_request(), deadline=deadline)
+    async with AsyncTaskGatewayClient("127.0.0.1:1", retry=no_retry) as async_client:
+        with pytest.raises(ValueError, match="deadline must be"):
+            await async_client.publish("images.generate", "12345", {}, deadline=deadline)
 
 
 def test_a_message_that_no_task_rpc_takes_is_refused_before_anything_is_sent() -> None:

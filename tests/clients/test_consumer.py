@@ -30,6 +30,8 @@ from tests.support.waits import hang_guard
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 WORK, DEAD = "clients.work", "clients.dead"
+# A body nested deeper than the JSON parser recurses: json.loads raises RecursionError on it.
+_TOO_DEEP = b'{"task_id": "t", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 
 
 async def _published(gateway: RunningGateway, topology: Topology) -> AbstractIncomingMessage:
@@ -231,8 +233,9 @@ async def test_a_task_type_without_a_payload_message_decodes_to_a_dict(
             "images.generate",
             "the payload is not a images.v1.GeneratePayload",
         ),
+        (_TOO_DEEP, "images.generate", "the delivery could not be decoded: RecursionError"),
     ],
-    ids=["not-json", "not-an-object", "type-mismatch", "payload-mismatch"],
+    ids=["not-json", "not-an-object", "type-mismatch", "payload-mismatch", "too-deep"],
 )
 async def test_an_undecodable_delivery_is_refused_with_the_reason(
     work_queue: WorkQueue, body: bytes, message_type: str, reason: str
@@ -267,3 +270,101 @@ async def test_tasks_published_by_the_client_reach_the_consumer_by_task_id(
     await _stop(consuming)
 
     assert sorted(t.task_id for t in got) == sorted(task_id(k) for k in keys)
+
+
+def _body(task_id: str) -> bytes:
+    """A task's body as the gateway writes it, of an untyped task type."""
+    body = {"task_id": task_id, "user_id": "7", "task_type": "reports.daily", "payload": {}}
+    return json.dumps(body).encode()
+
+
+async def test_a_delivery_whose_decoding_raises_unexpectedly_is_dead_lettered(
+    work_queue: WorkQueue,
+) -> None:
+    """A body that makes the JSON parser itself fail (RecursionError) is dead-lettered, not
+    left unsettled; the consumer goes on with the next task."""
+    await work_queue.put(_TOO_DEEP, message_id="too-deep")
+    await work_queue.put(_body("t-after"), message_id="t-after")
+    handled = asyncio.Event()
+
+    async def handler(task: Task) -> None:
+        handled.set()
+
+    consuming = asyncio.create_task(consume(work_queue.queue, handler))
+    dead = await work_queue.next_dead()
+    async with hang_guard("the handler got the task after the poison"):
+        await handled.wait()
+    await _stop(consuming)
+
+    assert dead.message_id == "too-deep"
+    assert await work_queue.left() == (0, 0)
+
+
+async def test_a_task_whose_error_policy_raises_is_dead_lettered(work_queue: WorkQueue) -> None:
+    """When on_error itself raises, the task is dead-lettered rather than left unsettled."""
+    await work_queue.put(_body("t-1"), message_id="t-1")
+
+    async def handler(task: Task) -> None:
+        raise RuntimeError("the report service failed")
+
+    def policy(task: Task, error: Exception) -> Any:
+        raise KeyError("a bug in the policy")
+
+    consuming = asyncio.create_task(consume(work_queue.queue, handler, on_error=policy))
+    dead = await work_queue.next_dead()
+    await _stop(consuming)
+
+    assert dead.message_id == "t-1"
+    assert await work_queue.left() == (0, 0)
+
+
+async def test_a_task_whose_handler_is_cancelled_is_requeued_and_handled_again(
+    work_queue: WorkQueue,
+) -> None:
+    """A handler that ends in CancelledError did not finish: its task goes back to the queue
+    (not to the dead letters, not left unsettled) and is handled again."""
+    await work_queue.put(_body("t-1"), message_id="t-1")
+    deliveries: list[tuple[str, bool]] = []
+    succeeded = asyncio.Event()
+
+    async def handler(task: Task) -> None:
+        deliveries.append((task.task_id, task.message.redelivered))
+        if len(deliveries) == 1:
+            inner = asyncio.get_running_loop().create_future()
+            inner.cancel()
+            await inner  # e.g. a cancelled request of the handler's own: CancelledError
+        succeeded.set()
+
+    consuming = asyncio.create_task(consume(work_queue.queue, handler, on_error=dead_letter))
+    async with hang_guard("the handler got the requeued task again"):
+        await succeeded.wait()
+    await _stop(consuming)
+
+    assert deliveries == [("t-1", False), ("t-1", True)]
+    assert await work_queue.left() == (0, 0)
+
+
+async def test_a_task_requeued_by_a_stopping_consumer_still_gets_its_retry(
+    work_queue: WorkQueue,
+) -> None:
+    """A task that comes back redelivered because a consumer stopped holding it (a deploy), not
+    because it failed, is requeued at its first failure under requeue_once, and then handled."""
+    await work_queue.put(_body("t-1"), message_id="t-1")
+    held = await work_queue.queue.get(timeout=5)  # a consumer took it, then stopped
+    await held.reject(requeue=True)
+    deliveries: list[tuple[str, bool]] = []
+    succeeded = asyncio.Event()
+
+    async def handler(task: Task) -> None:
+        deliveries.append((task.task_id, task.message.redelivered))
+        if len(deliveries) == 1:
+            raise ConnectionError("the report service is restarting")
+        succeeded.set()
+
+    consuming = asyncio.create_task(consume(work_queue.queue, handler, on_error=requeue_once))
+    async with hang_guard("the handler succeeded on its retry"):
+        await succeeded.wait()
+    await _stop(consuming)
+
+    assert deliveries == [("t-1", True), ("t-1", True)]
+    assert await work_queue.left() == (0, 0)

@@ -13,6 +13,7 @@ import pytest
 import trustme
 from task_gateway_client import (
     AsyncTaskGatewayClient,
+    OutcomeUnknown,
     PermissionDenied,
     QuotaExceeded,
     RetryPolicy,
@@ -21,11 +22,12 @@ from task_gateway_client import (
     TLSConfig,
     Unauthenticated,
 )
+from task_gateway_client._errors import from_rpc_error
 from taskgateway_api.images.v1 import images_pb2
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from tests.clients.conftest import generate_request
-from tests.clients.servers import Call, Context, abort_with_status
+from tests.clients.servers import Call, Context, ResettingGateway, abort_with_status
 
 TASK_KEY = "12345:image-generation:0b5f0a4e-6a8e-5d4c-9a4f-3b2e1d0c9b8a"
 ANSWER = images_pb2.GenerateResponse(task_key=TASK_KEY).SerializeToString()
@@ -204,3 +206,109 @@ def test_tls_settings_that_cannot_work_are_refused_naming_the_setting(tmp_path: 
         TLSConfig(key=b"key")
     with pytest.raises(ValueError, match=r"tls\.ca: cannot read .*missing\.pem"):
         TaskGatewayClient("127.0.0.1:1", tls=TLSConfig(ca=tmp_path / "missing.pem"))
+
+
+async def _submit(kind: str, target: str, retry: RetryPolicy) -> str:
+    """One submit on a fresh client, the sync one (in a thread) or the asyncio one."""
+    if kind == "sync":
+
+        def submit() -> str:
+            with TaskGatewayClient(target, retry=retry) as client:
+                return client.submit(generate_request())
+
+        return await asyncio.to_thread(submit)
+    async with AsyncTaskGatewayClient(target, retry=retry) as client:
+        return await client.submit(generate_request())
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_status_detail_that_does_not_parse_raises_a_task_gateway_error(
+    fake_gateway: Any, kind: str
+) -> None:
+    """A grpc-status-details-bin that is no google.rpc.Status (a proxy's mangled trailer) is
+    read as no details: the call ends in a TaskGatewayError, not protobuf's DecodeError."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        trailer = (("grpc-status-details-bin", b"\xff\xff\xff"),)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "upstream reset", trailer)
+        return ANSWER
+
+    fake = await fake_gateway(script)
+    retry = RetryPolicy(initial_backoff=0.01, max_attempts=2)
+
+    with pytest.raises(TaskGatewayError) as raised:
+        await _submit(kind, fake.address, retry)
+
+    # No status came back from the gateway: the request may have arrived.
+    assert isinstance(raised.value, OutcomeUnknown)
+    assert raised.value.code is grpc.StatusCode.UNAVAILABLE
+    assert len(fake.calls) == 2
+
+
+@pytest.fixture
+def resetting_gateway() -> Any:
+    """Start gateways whose first calls are reset (see ResettingGateway); stopped after."""
+    started: list[ResettingGateway] = []
+
+    def start(resets: int) -> ResettingGateway:
+        started.append(ResettingGateway(resets, ANSWER))
+        return started[-1]
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_call_the_server_cut_off_is_retried_with_its_key(
+    resetting_gateway: Any, kind: str
+) -> None:
+    """A CANCELLED the client did not cause (the stream reset after the request arrived) may
+    have published the task: it is retried under the same key, and answered the second time."""
+    server = resetting_gateway(resets=1)
+
+    task_key = await _submit(kind, server.address, RetryPolicy(initial_backoff=0.01))
+
+    sent = [images_pb2.GenerateRequest.FromString(r).idempotency_key for r in server.requests]
+    assert task_key == TASK_KEY
+    assert len(sent) == 2
+    assert len(set(sent)) == 1
+
+
+async def test_a_call_cut_off_on_every_attempt_ends_as_outcome_unknown(
+    resetting_gateway: Any,
+) -> None:
+    """When every attempt is cut off, the caller hears OutcomeUnknown with the key, not a plain
+    CANCELLED that would say nothing of whether the task was published."""
+    server = resetting_gateway(resets=100)
+    retry = RetryPolicy(initial_backoff=0.01, max_attempts=3)
+
+    async with AsyncTaskGatewayClient(server.address, retry=retry) as client:
+        with pytest.raises(OutcomeUnknown) as raised:
+            await client.submit(generate_request(idempotency_key="k-7"))
+
+    assert raised.value.idempotency_key == "k-7"
+    assert len(server.requests) == 3
+
+
+class _ClosedUnderTheCall(grpc.RpcError):
+    """What grpc raises for a call whose channel the client closed under it."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return "Channel closed!"
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+
+def test_a_cancellation_by_the_client_itself_stays_a_plain_cancelled() -> None:
+    """The client's own cancellation (closing its channel under a call) is not read as a reset
+    by the server: a plain CANCELLED, not retried (another attempt on a closed channel is moot)."""
+    failure = from_rpc_error(_ClosedUnderTheCall())
+
+    assert type(failure.error) is TaskGatewayError
+    assert failure.error.code is grpc.StatusCode.CANCELLED
+    assert not failure.outcome_unknown

@@ -5,28 +5,39 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections import Counter
 from concurrent.futures import Future
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.any_pb2 import Any as AnyProto
 from google.rpc import status_pb2
 from task_gateway_client import (
     AsyncTaskGatewayClient,
     FieldViolation,
     InvalidTask,
+    OutcomeUnknown,
     PublisherFull,
     RetryPolicy,
     TaskGatewayClient,
 )
+from task_gateway_client._batching import Batcher, BatchSettings, batch_request
+from task_gateway_client._connection import Connection
+from task_gateway_client._errors import Failure, TaskGatewayError
+from task_gateway_client._tasks import generic_task
 from taskgateway_api.images.v1 import images_pb2
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from tests.clients.conftest import generate_request, task_id, task_ids
 from tests.clients.servers import Call, Context
-from tests.conftest import RunningGateway
+from tests.conftest import ROOT, RunningGateway
 from tests.support.rabbitmq import Topology
+from tests.support.waits import hang_guard
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
 
@@ -294,3 +305,103 @@ async def test_a_consumer_of_the_batch_sees_the_same_body_as_a_unary_call(
     first, second = await topology.drain("images.queue")
     assert batched == unary
     assert json.loads(first.body) == json.loads(second.body)
+
+
+def test_max_batch_over_the_gateways_cap_is_refused_saying_why() -> None:
+    """The gateway refuses a PublishBatch of more than 1000 entries (grpc.max_batch_entries):
+    a larger max_batch is a ValueError naming max_batch and that cap."""
+    with TaskGatewayClient("127.0.0.1:1") as client:
+        client.publisher(max_batch=1000)
+        with pytest.raises(ValueError, match=r"max_batch must be at most 1000.*max_batch_entries"):
+            client.publisher(max_batch=1001)
+
+
+async def _garbled_trailer(call: Call, context: Context) -> bytes:
+    """The call fails with a grpc-status-details-bin that is no google.rpc.Status (a proxy's
+    mangled trailer)."""
+    trailer = (("grpc-status-details-bin", b"\xff\xff\xff"),)
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "upstream reset", trailer)
+    return b""
+
+
+async def _garbled_entry(call: Call, context: Context) -> bytes:
+    """Every entry answered with an error whose detail does not unpack."""
+    garbage = AnyProto(type_url="type.googleapis.com/google.rpc.BadRequest", value=b"\xff\xff")
+    error = status_pb2.Status(code=3, message="bad", details=[garbage])
+    entries = gateway_pb2.PublishBatchRequest.FromString(call.request).entries
+    results = [gateway_pb2.TaskResult(index=i, error=error) for i in range(len(entries))]
+    return gateway_pb2.PublishBatchResponse(results=results).SerializeToString()
+
+
+@pytest.mark.parametrize("script", [_garbled_trailer, _garbled_entry], ids=["trailer", "entry"])
+async def test_an_answer_the_client_cannot_read_still_settles_every_task(
+    fake_gateway: Any, publishing: Any, script: Any
+) -> None:
+    """A batch answer that does not parse settles its tasks as OutcomeUnknown (they may have
+    been published) rather than leaving their futures, and flush(), waiting forever."""
+    fake = await fake_gateway(script)
+    publisher = publishing(fake.address, max_latency=0)
+
+    futures = [await publisher.submit(generate_request(f"image-{i}")) for i in range(2)]
+    async with hang_guard("every future of the unreadable batch settled"):
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+
+    assert [type(outcome) for outcome in outcomes] == [OutcomeUnknown, OutcomeUnknown]
+
+
+def test_a_fresh_task_is_not_sent_with_the_nearly_spent_deadline_of_a_retry() -> None:
+    """A retry due with just 0.04 s of its deadline left does not share a call with fresh tasks:
+    they are sent with their own remaining deadline, not cut to the retry's."""
+    connection = Connection.of(None, None, 1.0, RetryPolicy(initial_backoff=0.05))
+    batcher: Batcher[str] = Batcher(BatchSettings(max_latency=0.01), connection)
+
+    def add(name: str, now: float) -> None:
+        batcher.add(generic_task("videos.generate", "u", {}, name), name, now)
+
+    add("A", now=0.0)
+    (first,) = batcher.due(0.01, flush=False).batches
+    refused = TaskGatewayError(grpc.StatusCode.UNAVAILABLE, "broker reconnecting")
+    assert batcher.settle(first, Failure(refused, outcome_unknown=False), now=0.9) == []
+    for name in ("B0", "B1", "B2"):
+        add(name, now=0.93)
+    # A's backoff (at most 0.05 s from 0.9) is over, and the Bs are ready.
+    batches = batcher.due(0.96, flush=True).batches
+
+    sent = {tuple(p.entry.publish.idempotency_key for p in batch): batch for batch in batches}
+    assert set(sent) == {("A",), ("B0", "B1", "B2")}
+    _, timeout = batch_request(sent["B0", "B1", "B2"], now=0.96)
+    assert timeout == pytest.approx(1.93 - 0.96)
+
+
+def test_a_publisher_used_in_a_forked_child_refuses_tasks_saying_why() -> None:
+    """After os.fork() the child has no sender thread: publish() there raises RuntimeError
+    saying so, rather than returning a future that never settles."""
+    script = textwrap.dedent(
+        """
+        import os
+        from task_gateway_client import TaskGatewayClient
+
+        client = TaskGatewayClient("127.0.0.1:1")
+        publisher = client.publisher()
+        child = os.fork()
+        if child == 0:
+            try:
+                publisher.publish("videos.generate", "u", {})
+            except RuntimeError as error:
+                print("refused:", error, flush=True)
+            else:
+                print("accepted", flush=True)
+            os._exit(0)
+        os.waitpid(child, 0)
+        client.close()
+        """
+    )
+    # The SDK and the contracts from the checkout, as pytest's own pythonpath has them.
+    path = [ROOT / "clients" / "python" / "src", ROOT / "src" / "generated"]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(str(p) for p in path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert "refused:" in done.stdout, done.stdout + done.stderr
+    assert "made before a fork" in done.stdout

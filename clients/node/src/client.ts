@@ -29,6 +29,11 @@ export interface ClientOptions {
 export interface CallOptions {
   /** This call's deadline in milliseconds, retries included, instead of the client's. */
   deadlineMs?: number;
+  /**
+   * Stops the call when aborted, during an attempt or a backoff: it rejects at once with a
+   * CANCELLED "the call was aborted", an OutcomeUnknown if an attempt may have published it.
+   */
+  signal?: AbortSignal;
 }
 
 export interface PublishOptions extends CallOptions {
@@ -43,6 +48,8 @@ export class TaskGatewayClient {
   readonly #retry: RetryPolicy;
   readonly #deadlineMs: number;
   #closed = false;
+  /** The calls under way, each stopped by its controller: close() aborts them. */
+  readonly #calls = new Set<AbortController>();
 
   /** A client of the gateway at `target` ("host:port"); it connects on the first call. */
   constructor(target: string, options: ClientOptions = {}) {
@@ -82,40 +89,65 @@ export class TaskGatewayClient {
     return this.#call(TaskGatewayService.method.publish, request, idempotencyKey, options);
   }
 
-  /** Close the connection; calls still running fail, later calls are refused. */
+  /**
+   * Close the connection. Calls under way reject at once, in an attempt or a backoff, with a
+   * CANCELLED "the client was closed" (an OutcomeUnknown if an attempt may have published the
+   * task); later calls are refused with it.
+   */
   close(): void {
     this.#closed = true;
+    for (const call of this.#calls) {
+      call.abort(closedError());
+    }
     this.#connection.close();
   }
 
   /** Call the task RPC `method` with `request`, retried under its idempotency key; its task key. */
-  #call<I extends DescMessage, O extends DescMessage>(
+  async #call<I extends DescMessage, O extends DescMessage>(
     method: DescMethodUnary<I, O>,
     request: MessageInitShape<I>,
     idempotencyKey: string,
     options: CallOptions,
   ): Promise<string> {
     const deadlineMs = checkDeadline(options.deadlineMs ?? this.#deadlineMs, "deadlineMs");
-    return withRetries(
-      async (timeoutMs) => {
-        if (this.#closed) {
-          throw new TaskGatewayError("CANCELLED", "the client was closed");
-        }
-        const response = await this.#connection.transport.unary(
-          method,
-          undefined,
-          timeoutMs,
-          undefined,
-          request,
-        );
-        // Every task RPC's response has a task_key: Publish's, and those tasks.ts keeps.
-        return (response.message as unknown as { taskKey: string }).taskKey;
-      },
-      this.#retry,
-      deadlineMs,
-      idempotencyKey,
-    );
+    // Stopped by close() or by the caller's signal, whichever comes first.
+    const stop = new AbortController();
+    const callerSignal = options.signal;
+    const abortedByCaller = () => stop.abort(callerSignal?.reason);
+    if (this.#closed) {
+      stop.abort(closedError());
+    } else if (callerSignal?.aborted) {
+      abortedByCaller();
+    }
+    callerSignal?.addEventListener("abort", abortedByCaller, { once: true });
+    this.#calls.add(stop);
+    try {
+      return await withRetries(
+        async (timeoutMs, signal) => {
+          const response = await this.#connection.transport.unary(
+            method,
+            signal,
+            timeoutMs,
+            undefined,
+            request,
+          );
+          // Every task RPC's response has a task_key: Publish's, and those tasks.ts keeps.
+          return (response.message as unknown as { taskKey: string }).taskKey;
+        },
+        this.#retry,
+        deadlineMs,
+        idempotencyKey,
+        stop.signal,
+      );
+    } finally {
+      this.#calls.delete(stop);
+      callerSignal?.removeEventListener("abort", abortedByCaller);
+    }
   }
+}
+
+function closedError(): TaskGatewayError {
+  return new TaskGatewayError("CANCELLED", "the client was closed");
 }
 
 function checkDeadline(value: number, name: string): number {

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import {
   OutcomeUnknown,
   QuotaExceeded,
-  type TaskGatewayError,
+  TaskGatewayError,
   Unavailable,
   toTaskGatewayError,
 } from "./errors.js";
@@ -48,8 +48,11 @@ export function retryPolicy(overrides: Partial<RetryPolicy> = {}): RetryPolicy {
   return policy;
 }
 
-/** One attempt of the call, given the milliseconds left of the caller's deadline. */
-export type Attempt<T> = (timeoutMs: number) => Promise<T>;
+/**
+ * One attempt of the call, given the milliseconds left of the caller's deadline, and the signal
+ * that stops the call (to cut the attempt off).
+ */
+export type Attempt<T> = (timeoutMs: number, signal: AbortSignal) => Promise<T>;
 
 /**
  * Run `attempt` until it succeeds, fails for good, runs out of attempts, or the deadline
@@ -60,31 +63,52 @@ export type Attempt<T> = (timeoutMs: number) => Promise<T>;
  * after a full-jitter exponential backoff; RESOURCE_EXHAUSTED only when the server sent a
  * RetryInfo, after its delay. When any attempt may have published the task, the call ends
  * with an OutcomeUnknown, whatever the last attempt said: the task may exist.
+ *
+ * `signal` stops the call at once, during an attempt (which it cuts off) or a backoff: the
+ * call ends with the signal's reason when that is a TaskGatewayError (the client's close()),
+ * else with a CANCELLED "the call was aborted"; an OutcomeUnknown when some attempt may have
+ * published the task.
  */
 export async function withRetries<T>(
   attempt: Attempt<T>,
   policy: RetryPolicy,
   deadlineMs: number,
   idempotencyKey: string,
+  signal: AbortSignal,
 ): Promise<T> {
   const deadline = performance.now() + deadlineMs;
   let mayHavePublished = false;
-  for (let attempts = 1; ; attempts++) {
+  for (let attempts = 1; !signal.aborted; attempts++) {
     let error: TaskGatewayError;
     try {
       // Whole milliseconds: grpc-timeout is an integer, and grpcio refuses "1234.5m".
-      return await attempt(Math.max(1, Math.floor(deadline - performance.now())));
+      return await attempt(Math.max(1, Math.floor(deadline - performance.now())), signal);
     } catch (reason) {
       error = toTaskGatewayError(reason, idempotencyKey);
     }
     mayHavePublished ||= error instanceof OutcomeUnknown;
+    if (signal.aborted) {
+      break; // the attempt failed because the call was stopped: say that, not how it failed
+    }
     const delay = retryDelay(error, attempts, policy);
     const remaining = deadline - performance.now();
     if (delay === undefined || attempts >= policy.maxAttempts || delay >= remaining) {
       throw mayHavePublished ? outcomeUnknown(error, idempotencyKey) : error;
     }
-    await sleep(delay);
+    // Only an abort rejects the wait, and ends it early; the loop's condition then stops.
+    await sleep(delay, undefined, { signal }).catch(() => undefined);
   }
+  const stopped = stoppedBy(signal.reason);
+  throw mayHavePublished ? outcomeUnknown(stopped, idempotencyKey) : stopped;
+}
+
+/** The error of a call stopped by its signal, from the signal's reason. */
+function stoppedBy(reason: unknown): TaskGatewayError {
+  if (reason instanceof TaskGatewayError) {
+    return reason;
+  }
+  const why = reason instanceof Error ? reason.message : String(reason);
+  return new TaskGatewayError("CANCELLED", `the call was aborted (${why})`, { cause: reason });
 }
 
 /** How long to wait before the next attempt, or undefined when the error is not retried. */
@@ -118,7 +142,7 @@ function outcomeUnknown(last: TaskGatewayError, idempotencyKey: string): Outcome
   if (last instanceof OutcomeUnknown) {
     return last;
   }
-  const message = `${last.message} (an earlier attempt's outcome is unknown: the task may exist)`;
+  const message = `${last.message} (an attempt's outcome is unknown: the task may exist)`;
   return new OutcomeUnknown(last.code, message, idempotencyKey, {
     violations: last.violations,
     retryDelayMs: last.retryDelayMs,

@@ -36,8 +36,13 @@ export function connect(
   if (tls !== undefined && (tls.cert === undefined) !== (tls.key === undefined)) {
     throw new TypeError("tls.cert and tls.key go together: both set for mutual TLS, or neither");
   }
-  if (token !== undefined && (typeof token !== "string" || token === "" || /[\r\n]/.test(token))) {
-    throw new TypeError("token must be a non-empty string on one line");
+  // What an HTTP/2 header value can carry after "Bearer ": visible ASCII. Anything else would
+  // fail every call later, or go out mangled. The message does not show the token.
+  if (token !== undefined && (typeof token !== "string" || !/^[\x21-\x7e]+$/.test(token))) {
+    throw new TypeError(
+      "token must be a non-empty string of visible ASCII characters (0x21-0x7e: no spaces, " +
+        "control characters or non-ASCII)",
+    );
   }
   const baseUrl = `${tls === undefined ? "http" : "https"}://${target}`;
   const sessions = new Http2SessionManager(baseUrl, {}, tls === undefined ? {} : { ...tls });

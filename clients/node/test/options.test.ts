@@ -33,6 +33,21 @@ describe("bad options and requests", () => {
     );
   });
 
+  it("a token that is not visible ASCII is refused, naming token and not showing it", () => {
+    for (const token of ["", "tök€n", "abc ", "a b", "a\u0000b", "a\tb", "a\r\nb"]) {
+      assert.throws(
+        () => new TaskGatewayClient("localhost:1", { token }),
+        (error: unknown) => {
+          assert.ok(error instanceof TypeError, `${JSON.stringify(token)}: ${String(error)}`);
+          assert.match(error.message, /^token must be/);
+          assert.ok(token === "" || !error.message.includes(token), "the token is not shown");
+          return true;
+        },
+      );
+    }
+    new TaskGatewayClient("localhost:1", { token: "eyJhbGciOi.J9-_~+/=" }).close();
+  });
+
   it("submit() of a message that is no task request is refused, listing the request types", async () => {
     const client = new TaskGatewayClient("localhost:1");
     const payload = create(images.GeneratePayloadSchema, { model: "m" });

@@ -11,6 +11,7 @@ import {
   OutcomeUnknown,
   QuotaExceeded,
   TaskGatewayClient,
+  TaskGatewayError,
   Unavailable,
   create,
   images,
@@ -192,5 +193,82 @@ describe("retries and errors against a scripted server", () => {
       fake.calls.map((call) => call.authorization),
       ["Bearer s3cret", "Bearer s3cret"],
     );
+  });
+
+  // A backoff, or an attempt, far longer than the test's timeout: the call ends in time only
+  // when close() or the signal cuts it short. (The timeout only keeps a failure from hanging.)
+  const LONG_MS = 120_000;
+
+  it(
+    "close() during a retry's backoff rejects the call at once with the client's closed error",
+    { timeout: 30_000 },
+    async (t) => {
+      let backingOff!: () => void;
+      const backoffStarted = new Promise<void>((resolve) => (backingOff = resolve));
+      // Math.random draws the backoff's jitter: the client is about to sleep.
+      t.mock.method(Math, "random", () => {
+        backingOff();
+        return 0.5;
+      });
+      const { fake, client } = await serve([BROKER_AWAY, "u:s:t"], {
+        deadlineMs: 2 * LONG_MS,
+        retry: { initialBackoffMs: LONG_MS, maxBackoffMs: LONG_MS },
+      });
+
+      const call = client.publish("images.generate", "u", PAYLOAD);
+      await backoffStarted;
+      client.close();
+
+      await assert.rejects(call, (error: unknown) => {
+        assert.ok(error instanceof TaskGatewayError);
+        assert.ok(!(error instanceof OutcomeUnknown), "the one attempt was refused: not published");
+        assert.equal(error.code, "CANCELLED");
+        assert.match(error.message, /the client was closed/);
+        return true;
+      });
+      assert.equal(fake.calls.length, 1);
+    },
+  );
+
+  it(
+    "a signal aborted during an attempt rejects the call at once: OutcomeUnknown with the key",
+    { timeout: 30_000 },
+    async () => {
+      const { fake, client } = await serve(["no answer"], { deadlineMs: LONG_MS });
+      const controller = new AbortController();
+
+      const call = client.publish("images.generate", "u", PAYLOAD, {
+        idempotencyKey: "order-9",
+        signal: controller.signal,
+      });
+      while (fake.calls.length === 0) await new Promise((resolve) => setImmediate(resolve));
+      controller.abort();
+
+      await assert.rejects(call, (error: unknown) => {
+        assert.ok(error instanceof OutcomeUnknown, String(error));
+        assert.equal(error.code, "CANCELLED");
+        assert.match(error.message, /the call was aborted/);
+        assert.equal(error.idempotencyKey, "order-9");
+        return true;
+      });
+      assert.equal(fake.calls.length, 1, "not retried");
+    },
+  );
+
+  it("a call whose signal is already aborted is not sent: a CANCELLED naming the abort", async () => {
+    const { fake, client } = await serve(["u:s:t"]);
+
+    const call = client.publish("images.generate", "u", PAYLOAD, {
+      signal: AbortSignal.abort(new Error("the user left")),
+    });
+
+    await assert.rejects(call, (error: unknown) => {
+      assert.ok(error instanceof TaskGatewayError);
+      assert.ok(!(error instanceof OutcomeUnknown), "nothing was sent");
+      assert.equal(error.code, "CANCELLED");
+      assert.match(error.message, /the call was aborted \(the user left\)/);
+      return true;
+    });
+    assert.equal(fake.calls.length, 0);
   });
 });

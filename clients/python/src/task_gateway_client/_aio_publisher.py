@@ -133,16 +133,27 @@ class AsyncPublisher:
                 pass
 
     async def _send(self, batch: list[Pending[asyncio.Future[str]]]) -> None:
-        request, timeout = batch_request(batch, time.monotonic())
         answer: gateway_pb2.PublishBatchResponse | Failure
         try:
-            answer = await self._publish_batch(request, timeout=timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as error:
-            answer = from_rpc_error(error)
-        except Exception as error:  # e.g. the channel is closed; the request may have gone
+            answer = await self._call(batch)
+        except Exception as error:  # e.g. the channel is closed; or a bug reading the answer
+            # The request may have gone; the futures must settle all the same.
             answer = client_failure(error, sent=True)
         self._resolve(self._batcher.settle(batch, answer, time.monotonic()))
         self._wake_sender.set()  # retries may be due sooner than the sender thought
+
+    async def _call(
+        self, batch: list[Pending[asyncio.Future[str]]]
+    ) -> gateway_pb2.PublishBatchResponse | Failure:
+        """One PublishBatch call of a batch: the response, or the call's failure."""
+        request, timeout = batch_request(batch, time.monotonic())
+        try:
+            response: gateway_pb2.PublishBatchResponse = await self._publish_batch(
+                request, timeout=timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            return from_rpc_error(error)
+        return response
 
     def _resolve(self, outcomes: list[tuple[asyncio.Future[str], Outcome]]) -> None:
         if not outcomes:

@@ -5,6 +5,11 @@ at once when it holds `max_batch` tasks or `max_batch_bytes` of entries. Each en
 answer settles its own task: a task key, a final error, or another attempt after a backoff
 (with the same idempotency key, so the gateway derives the same task id). The threaded and
 the asyncio publishers drive this with their own clocks, locks and calls.
+
+A batch call's timeout is what remains of the earliest deadline among its tasks, so tasks share
+a call only with tasks whose deadlines are close: a retry, its deadline partly spent, does not
+cut short the call of fresh tasks (which would fail with DEADLINE_EXCEEDED, an unknown outcome,
+and be sent again).
 """
 
 from __future__ import annotations
@@ -21,11 +26,33 @@ import grpc
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from task_gateway_client._connection import Connection
-from task_gateway_client._errors import Failure, PublisherFull, TaskGatewayError, from_status
+from task_gateway_client._errors import (
+    Failure,
+    PublisherFull,
+    TaskGatewayError,
+    client_failure,
+    from_status,
+)
 from task_gateway_client._retry import Attempts
 from task_gateway_client._tasks import Task
 
-__all__ = ["BatchSettings", "Batcher", "Pending", "Step", "batch_request", "resolve"]
+__all__ = [
+    "GATEWAY_MAX_BATCH_ENTRIES",
+    "BatchSettings",
+    "Batcher",
+    "Pending",
+    "Step",
+    "batch_request",
+    "resolve",
+]
+
+# The most entries the gateway takes in one PublishBatch by default (its
+# grpc.max_batch_entries); it refuses a larger batch as a whole.
+GATEWAY_MAX_BATCH_ENTRIES = 1000
+# Seconds by which the deadlines of the tasks of one call may differ, at least: tasks published
+# within max_latency of each other share a call (when max_latency is larger, it is the bound),
+# and no task's call gets less than its own remaining deadline minus this.
+_MIN_DEADLINE_SPREAD = 0.1
 
 Handle = TypeVar("Handle")
 # A task's outcome: its task key, or the error its caller gets.
@@ -46,6 +73,12 @@ class BatchSettings:
         for name in ("max_batch", "max_batch_bytes", "max_outstanding"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.max_batch > GATEWAY_MAX_BATCH_ENTRIES:
+            raise ValueError(
+                f"max_batch must be at most {GATEWAY_MAX_BATCH_ENTRIES}, got {self.max_batch!r}: "
+                "the gateway refuses a PublishBatch of more entries (its grpc.max_batch_entries "
+                f"default is {GATEWAY_MAX_BATCH_ENTRIES})"
+            )
         if self.max_latency < 0:
             raise ValueError(f"max_latency must be 0 or more seconds, got {self.max_latency!r}")
         if self.when_full not in ("block", "raise"):
@@ -103,6 +136,8 @@ class Batcher(Generic[Handle]):
         # Tasks waiting out a backoff, by the time they may go again.
         self._backing_off: list[tuple[float, int, Pending[Handle]]] = []
         self._order = itertools.count()
+        # How far apart the deadlines of the tasks of one call may be.
+        self._deadline_spread = max(settings.max_latency, _MIN_DEADLINE_SPREAD)
 
     def add(self, task: Task, handle: Handle, now: float) -> None:
         entry = task.entry()
@@ -113,11 +148,17 @@ class Batcher(Generic[Handle]):
         self._ready_bytes += pending.size
 
     def due(self, now: float, *, flush: bool) -> Step[Handle]:
-        """The batches to send now (every ready task when flushing), and tasks out of time."""
+        """The batches to send now (every ready task when flushing), and tasks out of time.
+
+        The ready tasks are kept in the order of their deadlines, and a batch takes the next
+        ones only while their deadline is within `_deadline_spread` of its first task's.
+        """
         retries = []
         while self._backing_off and self._backing_off[0][0] <= now:
             retries.append(heapq.heappop(self._backing_off)[2])
-        # Retries waited for a batch before: they go first, in the next batch out.
+        # Retries were published before every ready task, so their deadlines come first: they
+        # go to the front, by deadline (fresh tasks are appended in the order of theirs).
+        retries.sort(key=lambda pending: pending.attempts.deadline)
         self._ready.extendleft(reversed(retries))
         self._ready_bytes += sum(pending.size for pending in retries)
         step: Step[Handle] = Step()
@@ -132,7 +173,11 @@ class Batcher(Generic[Handle]):
             size = 0
             while self._ready and len(batch) < settings.max_batch:
                 pending = self._ready[0]
-                if batch and size + pending.size > settings.max_batch_bytes:
+                if batch and (
+                    size + pending.size > settings.max_batch_bytes
+                    or abs(pending.attempts.deadline - batch[0].attempts.deadline)
+                    > self._deadline_spread
+                ):
                     break
                 self._ready.popleft()
                 self._ready_bytes -= pending.size
@@ -165,7 +210,11 @@ class Batcher(Generic[Handle]):
         if isinstance(answer, Failure):  # the call as a whole failed: so did each task
             failures: list[Failure | str] = [answer] * len(batch)
         else:
-            failures = _per_task(answer, len(batch))
+            try:
+                failures = _per_task(answer, len(batch))
+            except Exception as error:  # e.g. an entry's details that do not parse
+                # An answer the client cannot read: the tasks may have been published.
+                failures = [client_failure(error, sent=True)] * len(batch)
         outcomes: list[tuple[Handle, Outcome]] = []
         # One draw of jitter for the batch: its tasks that go again go together, in one batch,
         # rather than each on its own when the gateway is struggling.
@@ -187,7 +236,7 @@ def batch_request(
     batch: Sequence[Pending[Any]], now: float
 ) -> tuple[gateway_pb2.PublishBatchRequest, float]:
     """The PublishBatch request of a batch, and the call's timeout: what remains of the most
-    pressed task's deadline."""
+    pressed task's deadline (close to every task's own, as `Batcher.due` groups them)."""
     request = gateway_pb2.PublishBatchRequest(entries=[p.entry for p in batch])
     # At least a moment: a task is only sent while it has time left, and grpc answers a
     # timeout already past without sending anything.

@@ -24,8 +24,9 @@ class TaskGatewayClient:
     """A connection to the Task Gateway, for threads and plain functions.
 
     `target` is `host:port`. `tls` (a TLSConfig) turns TLS on; `token` is sent as
-    `authorization: Bearer <token>`. `deadline` bounds each task from the call to its outcome,
-    every retry included; `retry` says how to back off between attempts.
+    `authorization: Bearer <token>`. `deadline` (a positive finite number of seconds) bounds
+    each task from the call to its outcome, every retry included; a call's own `deadline=`
+    overrides it (None: the client's). `retry` says how to back off between attempts.
     """
 
     def __init__(
@@ -75,8 +76,9 @@ class TaskGatewayClient:
         """A batching publisher on this connection (see Publisher); closed with the client.
 
         A task waits up to `max_latency` seconds for others to share a PublishBatch call of at
-        most `max_batch` tasks and `max_batch_bytes`; when `max_outstanding` tasks await their
-        outcome, `publish` blocks (`when_full="block"`) or raises PublisherFull (`"raise"`).
+        most `max_batch` tasks (1000 at most: the gateway refuses larger batches by default)
+        and `max_batch_bytes`; when `max_outstanding` tasks await their outcome, `publish`
+        blocks (`when_full="block"`) or raises PublisherFull (`"raise"`).
         """
         settings = BatchSettings(
             max_batch=max_batch,

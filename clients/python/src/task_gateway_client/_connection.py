@@ -3,6 +3,7 @@ how long a task may take: what the sync and the asyncio clients are made with.""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -84,13 +85,11 @@ class Connection:
     def of(
         cls, tls: TLSConfig | None, token: str | None, deadline: float, retry: RetryPolicy | None
     ) -> Connection:
-        if not deadline > 0:
-            raise ValueError(f"deadline must be positive seconds, got {deadline!r}")
         return cls(
             credentials=None if tls is None else tls.credentials(),
             arguments=_channel_arguments(tls),
             metadata=_auth_metadata(token),
-            deadline=deadline,
+            deadline=_checked_deadline(deadline),
             retry=retry or RetryPolicy(),
         )
 
@@ -103,10 +102,18 @@ class Connection:
     def attempts(
         self, task: Task, deadline: float | None = None, *, now: float | None = None
     ) -> Attempts:
-        """The attempts of a task starting `now` (by default now), within `deadline` or the
-        client's."""
+        """The attempts of a task starting `now` (by default now), within `deadline` or, when
+        it is None, the client's. Raises ValueError for a deadline that cannot work."""
+        seconds = self.deadline if deadline is None else _checked_deadline(deadline)
         start = time.monotonic() if now is None else now
-        return Attempts(self.retry, start + (deadline or self.deadline), task.idempotency_key)
+        return Attempts(self.retry, start + seconds, task.idempotency_key)
+
+
+def _checked_deadline(deadline: float) -> float:
+    """`deadline`, if it is a positive finite number of seconds; else a ValueError naming it."""
+    if not (isinstance(deadline, int | float) and math.isfinite(deadline) and deadline > 0):
+        raise ValueError(f"deadline must be a positive finite number of seconds, got {deadline!r}")
+    return deadline
 
 
 def _channel_arguments(tls: TLSConfig | None) -> tuple[tuple[str, Any], ...]:

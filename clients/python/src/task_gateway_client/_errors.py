@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -131,8 +132,16 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 # channel lost before the confirm, an exchange deleted under a publish in flight, a shutdown
 # cutting a publish off). Its other UNAVAILABLE answers come before anything was sent.
 _UNKNOWN_OUTCOME_WORDING = "the outcome is unknown"
-# grpc's own wording when it never reached the server: no request left the client.
-_NOT_CONNECTED_WORDING = "failed to connect to all addresses"
+# grpc's own wordings when it never reached the server, no connection made ("failed to connect
+# to all addresses") or the target's name not resolved (grpc 1.85's "errors resolving <target>",
+# older releases' "DNS resolution failed"): no request left the client.
+_NOT_CONNECTED_WORDINGS = (
+    "failed to connect to all addresses",
+    "errors resolving",
+    "DNS resolution failed",
+)
+# grpc's wording when the client cancelled the call itself, by closing its channel under it.
+_CLOSED_BY_CLIENT_WORDING = "Channel closed!"
 
 
 @dataclass(frozen=True)
@@ -150,16 +159,33 @@ def from_rpc_error(error: grpc.RpcError) -> Failure:
     message = call.details() or ""
     try:
         status = rpc_status.from_call(call)
-    except ValueError:  # trailers that contradict the call's own status: not the gateway's
+    except (ValueError, DecodeError):
+        # Details that contradict the call's own status, or that do not parse (a proxy's
+        # mangled trailer): not the gateway's, so read as none.
         status = None
     if status is None:
-        # Not the gateway's answer but the transport's (a connection dropped, a proxy, the
-        # client's own deadline): unless grpc never connected, the request may have arrived.
-        unknown = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE) and (
-            _NOT_CONNECTED_WORDING not in message
-        )
-        return Failure(_error(code, message, ()), unknown)
+        return _transport_failure(code, message)
     return _from_status(code, status.message, status.details)
+
+
+def _transport_failure(code: grpc.StatusCode, message: str) -> Failure:
+    """A call that ended without the gateway's status: the transport's doing (a connection
+    dropped, a proxy, the client's own deadline)."""
+    if code is grpc.StatusCode.CANCELLED and _CLOSED_BY_CLIENT_WORDING not in message:
+        # The client cancels a call only by closing its channel; any other CANCELLED is the
+        # server or a proxy resetting the call after it was sent, so the task may have been
+        # published. gRPC calls a connection lost during a call UNAVAILABLE: retried as one.
+        error = Unavailable(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the call was cut off after it was sent (CANCELLED: {message}), by the server or "
+            "a proxy",
+        )
+        return Failure(error, outcome_unknown=True)
+    # Unless grpc never reached the server, the request may have arrived.
+    unknown = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE) and not any(
+        wording in message for wording in _NOT_CONNECTED_WORDINGS
+    )
+    return Failure(_error(code, message, ()), unknown)
 
 
 def client_failure(error: Exception, *, sent: bool) -> Failure:

@@ -3,11 +3,15 @@
 One sender thread gathers tasks into batches (`_batching`) and starts each PublishBatch call
 without waiting for it (grpc's `.future()`); grpc's threads settle the answers. Futures are
 resolved outside the lock, so a done-callback may publish again.
+
+The sender thread is the process's that made the publisher: a child made by os.fork() has no
+such thread, so the publisher refuses to work there rather than take tasks it never sends.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -46,6 +50,9 @@ class Publisher:
 
     A future's done-callbacks run on grpc's threads: keep them short, and do not publish from
     them with `when_full="block"` (a full publisher would wait on the thread that frees it).
+
+    A publisher works in the process that made it: in a child made by os.fork() `publish`,
+    `submit`, `flush` and `close` raise RuntimeError; make a new client there.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class Publisher:
         self._resolving = 0
         self._flushing = 0  # flush() calls waiting: send every ready task at once
         self._closed = False
+        self._pid = os.getpid()  # the process whose sender thread this is
         self._sender = threading.Thread(target=self._send_loop, name="task-gateway-publisher")
         self._sender.daemon = True  # a process that forgot close() still exits
         self._sender.start()
@@ -89,6 +97,7 @@ class Publisher:
 
     def flush(self) -> None:
         """Send every waiting task now; return once every task published so far is settled."""
+        self._check_process()
         with self._changed:
             self._flushing += 1
             self._changed.notify_all()
@@ -111,7 +120,17 @@ class Publisher:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _check_process(self) -> None:
+        """Raise RuntimeError in a forked child: its publisher has no sender thread, so a task
+        would never be sent and flush() would wait forever."""
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                "this publisher was made before a fork, and its sender thread does not exist "
+                "in this process; make a new publisher/client in the child"
+            )
+
     def _add(self, task: Task) -> Future[str]:
+        self._check_process()
         future: Future[str] = Future()
         future.set_running_or_notify_cancel()  # a task on its way cannot be taken back
         with self._changed:
@@ -149,10 +168,9 @@ class Publisher:
         """Runs on a grpc thread once a batch call ends."""
         answer: gateway_pb2.PublishBatchResponse | Failure
         try:
-            answer = call.result()
-        except grpc.RpcError as error:
-            answer = from_rpc_error(error)
-        except Exception as error:  # e.g. cancelled as the channel closed
+            answer = _answer(call)
+        except Exception as error:  # e.g. cancelled as the channel closed; or a bug reading it
+            # The tasks may have been published; their futures must settle all the same.
             answer = client_failure(error, sent=True)
         self._settle(batch, answer)
 
@@ -179,3 +197,12 @@ class Publisher:
         with self._changed:
             self._resolving -= len(outcomes)
             self._changed.notify_all()
+
+
+def _answer(call: grpc.Future[Any]) -> gateway_pb2.PublishBatchResponse | Failure:
+    """The answer to a batch call that has ended: the response, or the call's failure."""
+    try:
+        response: gateway_pb2.PublishBatchResponse = call.result()
+    except grpc.RpcError as error:
+        return from_rpc_error(error)
+    return response

@@ -22,14 +22,22 @@ call carried one) `traceparent`. The task type says which payload message of the
 the payload is; a task type without one (routed by the gateway's configuration) keeps its
 payload as a dict. A task may arrive twice (a retry after an unknown outcome, a redelivery):
 it has the same `task_id` each time, so de-duplicate by it.
+
+Every delivery is settled, whatever happens: acked once its handler returned; rejected without
+requeue (to the queue's dead-letter exchange, if it has one) when it does not decode or when
+its handler failed and `on_error` says so (or `on_error` itself failed); requeued when `on_error`
+says so, or when its handler did not finish (it raised CancelledError or another
+BaseException, which then goes on).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +87,11 @@ class Task:
     traceparent: str | None
     # The delivery itself, for what this class does not carry.
     message: AbstractIncomingMessage = field(repr=False, compare=False)
+    # How often this task's handler failed before in this consumer (`consume` counts by
+    # task_id), for an on_error policy to go by; 0 from decode() alone. The broker's
+    # `message.redelivered` cannot say it: it is set on a message requeued by a consumer that
+    # stopped (a deploy) as much as on one requeued after a failure.
+    failures: int = field(default=0, compare=False)
 
 
 class UndecodableMessage(ValueError):
@@ -89,9 +102,21 @@ def decode(message: AbstractIncomingMessage) -> Task:
     """The task a delivery carries, its payload typed by the message's task type.
 
     Raises UndecodableMessage when the body is not the gateway's JSON, or the payload does not
-    fit its task type's payload message. Fields the payload message does not know are
-    ignored, so a consumer built against older contracts reads tasks of newer producers.
+    fit its task type's payload message, or reading it fails in any other way (a body nested
+    too deep to parse, say). Fields the payload message does not know are ignored, so a
+    consumer built against older contracts reads tasks of newer producers.
     """
+    try:
+        return _decode(message)
+    except UndecodableMessage:
+        raise
+    except Exception as exc:  # e.g. RecursionError from a deeply nested body: still poison
+        raise UndecodableMessage(
+            f"the delivery could not be decoded: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _decode(message: AbstractIncomingMessage) -> Task:
     try:
         body = json.loads(message.body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -146,8 +171,14 @@ ErrorPolicy = Callable[[Task, Exception], Disposition]
 
 
 def requeue_once(task: Task, error: Exception) -> Disposition:
-    """Requeue a task the first time its handler fails; dead-letter it when it fails again."""
-    return Disposition.DEAD_LETTER if task.message.redelivered else Disposition.REQUEUE
+    """Requeue a task the first time its handler fails; dead-letter it when it fails again.
+
+    The failures are those this consumer saw (`Task.failures`), not the broker's redelivered
+    flag, which a consumer that stopped holding the task sets too: a task requeued by a deploy
+    still gets its one retry. With several consumers on a queue, a task that always fails may
+    be retried once by each consumer it reaches before one of them dead-letters it.
+    """
+    return Disposition.DEAD_LETTER if task.failures > 0 else Disposition.REQUEUE
 
 
 def requeue(task: Task, error: Exception) -> Disposition:
@@ -174,8 +205,14 @@ async def consume(
 
     A task is acked once its handler returned; a delivery that does not decode is rejected
     without requeue (to the queue's dead-letter exchange, if it has one); a handler that
-    raises has its task requeued or dead-lettered as `on_error` decides. Up to `concurrency`
-    handlers run at once: set the channel's prefetch_count to at least that.
+    raises an Exception has its task requeued or dead-lettered as `on_error` decides
+    (dead-lettered if `on_error` itself raises); a handler that raises a BaseException
+    (CancelledError, KeyboardInterrupt) did not finish: its task is requeued, and the
+    exception goes on. Up to `concurrency` handlers run at once: set the channel's
+    prefetch_count to at least that.
+
+    It counts how often each task's handler failed (by task_id, for the last 10,000 tasks that
+    failed) and hands the count to the handler and to `on_error` as `Task.failures`.
 
     Cancelling it stops gracefully: no further delivery is taken (those already prefetched
     are requeued), and the handlers under way finish and settle their tasks first.
@@ -184,13 +221,14 @@ async def consume(
         raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
     slots = asyncio.Semaphore(concurrency)
     running: set[asyncio.Task[None]] = set()
+    failures = _Failures()
     try:
         async with queue.iterator() as deliveries:
             # A slot is taken before the next delivery, so that none is held outside both the
             # iterator (which requeues what it holds when it closes) and a handler.
             await slots.acquire()
             async for message in deliveries:
-                handling = asyncio.create_task(_handle(message, handler, on_error))
+                handling = asyncio.create_task(_handle(message, handler, on_error, failures))
                 running.add(handling)
                 handling.add_done_callback(running.discard)
                 handling.add_done_callback(lambda _: slots.release())
@@ -200,34 +238,97 @@ async def consume(
             await asyncio.wait(running)
 
 
+# Failed tasks whose failures a consumer remembers; beyond them the oldest is forgotten (a
+# forgotten task that fails again is taken for one that failed for the first time).
+_FAILURES_REMEMBERED = 10_000
+
+
+class _Failures:
+    """How often each task's handler failed in one consumer, by task_id, for the last
+    `_FAILURES_REMEMBERED` tasks that failed (a task requeued to another consumer is never
+    heard of again, so the count must not grow without end)."""
+
+    def __init__(self) -> None:
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def of(self, task_id: str) -> int:
+        return self._counts.get(task_id, 0)
+
+    def add(self, task_id: str) -> None:
+        self._counts[task_id] = self._counts.pop(task_id, 0) + 1
+        if len(self._counts) > _FAILURES_REMEMBERED:
+            self._counts.popitem(last=False)
+
+    def forget(self, task_id: str) -> None:
+        self._counts.pop(task_id, None)
+
+
 async def _handle(
-    message: AbstractIncomingMessage, handler: Handler, on_error: ErrorPolicy
+    message: AbstractIncomingMessage,
+    handler: Handler,
+    on_error: ErrorPolicy,
+    failures: _Failures,
 ) -> None:
-    """Decode, handle and settle one delivery; never raises (it has no caller to raise to)."""
+    """Decode, handle and settle one delivery. It raises only what the handler raised that is
+    no Exception (a cancellation, a KeyboardInterrupt), once the task is requeued."""
     try:
-        await _settle(message, handler, on_error)
-    except Exception:
-        # The channel went away under the ack or reject: the broker redelivers the message.
-        log.exception("could not settle message %s", message.message_id)
+        disposition = await _run(message, handler, on_error, failures)
+    except BaseException:
+        # The handler did not finish: the task goes back to the queue, to be done again.
+        await _settle(message, Disposition.REQUEUE)
+        raise
+    await _settle(message, disposition)
 
 
-async def _settle(
-    message: AbstractIncomingMessage, handler: Handler, on_error: ErrorPolicy
-) -> None:
+async def _run(
+    message: AbstractIncomingMessage,
+    handler: Handler,
+    on_error: ErrorPolicy,
+    failures: _Failures,
+) -> Disposition | None:
+    """What becomes of a delivery: None to ack it (its handler returned), or how to reject it."""
     try:
         task = decode(message)
     except UndecodableMessage as error:
         log.warning("rejected an undecodable message %s: %s", message.message_id, error)
-        await message.reject(requeue=False)
-        return
+        return Disposition.DEAD_LETTER
+    task = dataclasses.replace(task, failures=failures.of(task.task_id))
     try:
         await handler(task)
     except Exception as error:
-        disposition = on_error(task, error)
+        failures.add(task.task_id)
+        disposition = _decide(on_error, task, error)
         log.exception("task %s failed: %s it", task.task_id, disposition.value)
-        await message.reject(requeue=disposition is Disposition.REQUEUE)
-        return
-    await message.ack()
+        if disposition is Disposition.DEAD_LETTER:
+            failures.forget(task.task_id)
+        return disposition
+    failures.forget(task.task_id)
+    return None
+
+
+def _decide(on_error: ErrorPolicy, task: Task, error: Exception) -> Disposition:
+    """What `on_error` says of a failed task; dead-letter when it fails itself, since a task
+    whose policy cannot be run would otherwise be left unsettled."""
+    try:
+        disposition = on_error(task, error)
+        if not isinstance(disposition, Disposition):
+            raise TypeError(f"on_error returned {disposition!r}, not a Disposition")
+    except Exception:
+        log.exception("the on_error policy failed on task %s: dead-lettering it", task.task_id)
+        return Disposition.DEAD_LETTER
+    return disposition
+
+
+async def _settle(message: AbstractIncomingMessage, disposition: Disposition | None) -> None:
+    """Ack the delivery (disposition None) or reject it as `disposition` says."""
+    try:
+        if disposition is None:
+            await message.ack()
+        else:
+            await message.reject(requeue=disposition is Disposition.REQUEUE)
+    except Exception:
+        # The channel went away under the ack or reject: the broker redelivers the message.
+        log.exception("could not settle message %s", message.message_id)
 
 
 def _text(value: Any) -> str | None:
