@@ -122,7 +122,7 @@ class AuthSettings:
 
     mode: Literal["none", "required"] = "none"
     # The clients: a TOML file of [[clients]] (see config/clients.example.toml); reloaded on
-    # SIGHUP and when it changes.
+    # SIGHUP and when it changes. Only with mode "required": set with "none", it is an error.
     clients_file: str = ""
 
 
@@ -144,6 +144,8 @@ class BrokerSettings:
     max_in_flight: int = 4096
     # An exchange found missing counts as missing this long without asking the broker again,
     # so a burst of requests (or probes) does not open a channel each; 0: ask every time.
+    # Readiness trusts an exchange it found there as long, then asks again: a deleted exchange
+    # turns /readyz not ready at the first probe after that.
     missing_exchange_seconds: float = 1.0
     # The AMQP `app_id` property of every message.
     app_id: str = "task-gateway"
@@ -384,6 +386,14 @@ def _check(settings: Settings) -> None:
         raise ConfigError("broker.tls is set: every broker.address must be an amqps:// URL")
     if settings.auth.mode == "required" and not settings.auth.clients_file:
         raise ConfigError('auth.clients_file: needed when auth.mode is "required"')
+    if settings.auth.mode == "none" and settings.auth.clients_file:
+        # Refused rather than ignored: whoever set a clients file expects its clients to be
+        # checked, and with mode "none" every call would be let in unauthenticated.
+        raise ConfigError(
+            'auth.clients_file is set but auth.mode is "none", which would ignore it and let '
+            'every call in unauthenticated: set auth.mode = "required" to use it, or unset '
+            "auth.clients_file (TASK_GATEWAY__AUTH__CLIENTS_FILE=) to run without authentication"
+        )
 
 
 def _check_amqp_url(url: str) -> None:

@@ -126,6 +126,39 @@ async def test_a_missing_exchange_is_remembered_for_a_burst(
     assert proxy.accepted - accepted == 1, "one lane attempt for the whole burst"
 
 
+async def test_publishes_and_readiness_checks_reuse_a_passive_declare(
+    rabbitmq_url: str, topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty publishes passive-declare their exchange once, when the lane opens; twenty
+    readiness checks once between them, within missing_exchange_seconds (an hour here)."""
+    broker = RabbitBroker(
+        [rabbitmq_url],
+        heartbeat_seconds=10,
+        connect_timeout_seconds=2,
+        reconnect_max_backoff_seconds=0.2,
+        missing_exchange_seconds=3600,
+    )
+    declared: list[str] = []
+    passive_declare = broker._passive_declare
+
+    async def counted(connection: Any, exchange: str) -> None:
+        declared.append("readiness" if connection is broker._connection else "lane")
+        await passive_declare(connection, exchange)
+
+    monkeypatch.setattr(broker, "_passive_declare", counted)
+    await broker.start()
+    try:
+        await wait_broker_connected(broker)
+        for _ in range(20):
+            await broker.publish(envelope())
+        found = [await broker.exchange_exists("images.tasks") for _ in range(20)]
+    finally:
+        await broker.close()
+
+    assert found == [True] * 20
+    assert declared == ["lane", "readiness"]
+
+
 async def test_an_unexpected_error_does_not_stop_the_supervisor(
     rabbitmq_url: str, topology: Topology
 ) -> None:

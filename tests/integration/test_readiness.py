@@ -1,15 +1,18 @@
-"""The gateway's readiness is every worker's: no probe says SERVING while one cannot publish."""
+"""Readiness: every worker's (no probe says SERVING while one cannot publish), and every
+exchange's as it is now (one deleted at run time turns /readyz not ready)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 
+import aiohttp
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from taskgateway_api.images.v1 import images_pb2, images_pb2_grpc
 
-from tests.conftest import through
+from tests.conftest import RunningGateway, through, url
 from tests.support.gateway_process import OWN_CONNECTION, read_until, start_gateway_process
 from tests.support.ports import free_port
 from tests.support.rabbitmq import Topology
@@ -74,3 +77,46 @@ async def test_no_worker_says_serving_until_every_worker_can_publish(
     assert SERVING not in while_held, while_held
     assert set(codes) == {grpc.StatusCode.OK}, codes
     assert len(await topology.drain("images.queue")) == 40
+
+
+async def _readyz(http: aiohttp.ClientSession, gateway: RunningGateway) -> tuple[int, str]:
+    """/readyz's status and reason."""
+    async with http.get(url(gateway, "/readyz")) as answer:
+        return answer.status, (await answer.json()).get("reason", "")
+
+
+async def _readyz_until(
+    http: aiohttp.ClientSession, gateway: RunningGateway, *, ready: bool, what: str
+) -> tuple[int, str]:
+    """/readyz asked every 0.1 s until it says ready (200) or not, as `ready`: that answer."""
+    async with hang_guard(what):
+        while True:
+            answer = await _readyz(http, gateway)
+            if (answer[0] == 200) == ready:
+                return answer
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("published", [False, True], ids=["no lane", "lane open"])
+async def test_readiness_follows_an_exchange_deleted_and_declared_again(
+    gateway: RunningGateway, topology: Topology, http: aiohttp.ClientSession, published: bool
+) -> None:
+    """/readyz is 200; once images.tasks is deleted it turns 503 naming it, and 200 again once
+    the exchange is declared again: whether readiness checked it on the control connection
+    before, or a publish opened its lane (checked on the lane's connection)."""
+    if published:
+        assert await _publish(gateway.address) == grpc.StatusCode.OK
+    before = await _readyz(http, gateway)
+
+    await topology.delete_exchange("images.tasks")
+    deleted = await _readyz_until(
+        http, gateway, ready=False, what="/readyz said not ready after the exchange was deleted"
+    )
+    await topology.declare_exchange("images.tasks")
+    declared = await _readyz_until(
+        http, gateway, ready=True, what="/readyz said ready after the exchange was declared again"
+    )
+
+    assert before == (200, "")
+    assert deleted == (503, "exchanges missing on the broker: images.tasks")
+    assert declared == (200, "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import hashlib
 import os
 import ssl
@@ -18,6 +19,9 @@ import aiohttp
 import grpc
 import pytest
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
@@ -77,6 +81,33 @@ class Pki:
         """(key, certificate chain) of a client certificate naming `identity` (a SAN DNS)."""
         issued = (ca or self.ca).issue_cert(identity)
         return issued.private_key_pem.bytes(), issued.cert_chain_pems[0].bytes()
+
+    def client_with_names(self, *names: x509.GeneralName) -> tuple[bytes, bytes]:
+        """(key, certificate) of a client certificate from the CA with exactly these SANs and
+        no CN: trustme makes only DNS, IP and user@host email SANs."""
+        ca_certificate = x509.load_pem_x509_certificate(self.ca.cert_pem.bytes())
+        ca_key = serialization.load_pem_private_key(self.ca.private_key_pem.bytes(), None)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "test")]))
+            .issuer_name(ca_certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return (
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            certificate.public_bytes(serialization.Encoding.PEM),
+        )
 
     def server_files(self, ca: trustme.CA, prefix: str) -> TlsSettings:
         issued = ca.issue_cert("localhost", "127.0.0.1")
@@ -436,6 +467,39 @@ async def test_a_client_certificate_names_the_client(start_gateway: Any, pki: Pk
         "image-frontend.internal": (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED),
         "nobody.internal": (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAUTHENTICATED),
     }
+
+
+async def test_only_a_dns_name_of_a_certificate_names_the_client(
+    start_gateway: Any, pki: Pki
+) -> None:
+    """A client's mtls_identity matches a SAN DNS name only, over gRPC as over HTTPS: the same
+    text as an email or URI SAN is no identity, and the call is UNAUTHENTICATED / 401."""
+    gateway = (await start_gateway(secured(pki, mutual=True, auth=True))).gateway
+    assert gateway.grpc_port is not None
+    certificates = {
+        "dns": pki.client_with_names(x509.DNSName("image-frontend.internal")),
+        "email": pki.client_with_names(x509.RFC822Name("image-frontend.internal")),
+        "uri": pki.client_with_names(x509.UniformResourceIdentifier("image-frontend.internal")),
+    }
+    codes, statuses = {}, {}
+    for kind, client in certificates.items():
+        async with tls_channel(pki, gateway.grpc_port, client) as channel:
+            catalog = gateway_pb2_grpc.TaskGatewayServiceStub(channel).ListTaskTypes(
+                gateway_pb2.ListTaskTypesRequest(), timeout=5
+            )
+            codes[kind] = await _code(catalog)
+        async with (
+            aiohttp.ClientSession(connector=https(pki, client)) as http,
+            http.get(f"https://localhost:{gateway.http_port}/api/v1/task-types") as answer,
+        ):
+            statuses[kind] = answer.status
+
+    assert codes == {
+        "dns": grpc.StatusCode.OK,
+        "email": grpc.StatusCode.UNAUTHENTICATED,
+        "uri": grpc.StatusCode.UNAUTHENTICATED,
+    }
+    assert statuses == {"dns": 200, "email": 401, "uri": 401}
 
 
 async def test_over_its_quota_a_client_is_told_when_to_come_back(guarded: Any) -> None:

@@ -365,3 +365,39 @@ def test_empty_part_in_variable_name_is_refused() -> None:
     """A variable with an empty part (double separator) is refused, naming the variable."""
     with pytest.raises(ConfigError, match=r"TASK_GATEWAY__BROKER____ADDRESS: empty part"):
         load_settings(environ={"TASK_GATEWAY__BROKER____ADDRESS": "amqp://x/"})
+
+
+def test_required_auth_without_a_clients_file_is_refused() -> None:
+    """auth.mode "required" names auth.clients_file when it is not set."""
+    with pytest.raises(
+        ConfigError, match=r'auth\.clients_file: needed when auth\.mode is "required"'
+    ):
+        load_settings(environ={"TASK_GATEWAY__AUTH__MODE": "required"})
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"TASK_GATEWAY__AUTH__CLIENTS_FILE": "/etc/clients.toml"},  # mode left at its default
+        {"TASK_GATEWAY__AUTH__MODE": "none", "TASK_GATEWAY__AUTH__CLIENTS_FILE": "clients.toml"},
+    ],
+)
+def test_a_clients_file_without_required_auth_is_refused(environ: dict[str, str]) -> None:
+    """A clients file with auth.mode "none" would be ignored, every call let in: a ConfigError
+    naming both settings and the two ways out."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+
+    message = str(caught.value)
+    assert message.startswith('auth.clients_file is set but auth.mode is "none"'), message
+    assert 'set auth.mode = "required"' in message
+    assert "or unset auth.clients_file" in message
+
+
+def test_shipped_config_files_load() -> None:
+    """config/development.toml, config/production.toml and deploy/k8s/gateway.toml load (none
+    sets a clients file without auth.mode "required")."""
+    root = Path(__file__).resolve().parents[2]
+    for path in ("config/development.toml", "config/production.toml", "deploy/k8s/gateway.toml"):
+        settings = load_settings(root / path, environ={})
+        assert (settings.auth.mode == "required") == bool(settings.auth.clients_file), path

@@ -29,8 +29,12 @@
   were waiting behind its channel lock after the Channel.CloseOk, which the broker answers by
   closing the whole connection (504 "expected 'channel.open'"). With a connection per
   exchange that only ever hurts publishes to the exchange that is gone.
-- A missing exchange is remembered for a second, so that a burst of publishes to it, or of
-  readiness probes, does not open a channel each.
+- A missing exchange is remembered for `missing_exchange_seconds` (a second by default), so
+  that a burst of publishes to it, or of readiness probes, does not open a channel each.
+  Readiness's finding that an exchange is there is trusted as long, then checked again with a
+  passive declare on the control connection, so that an exchange deleted at run time turns
+  readiness off (an open lane does not notice it until a publish). Publishes never pay for
+  this: a lane's exchange is checked only when the lane connects.
 - TLS (amqps:// addresses, `TlsFiles`): the broker's certificate is verified against the CA
   file (or the system's CAs) and its name against the address's host. With a client
   certificate, an address without a password authenticates with RabbitMQ's EXTERNAL mechanism
@@ -219,7 +223,8 @@ class RabbitBroker(Broker):
         self._heartbeat = heartbeat_seconds
         self._connect_timeout = connect_timeout_seconds
         self._max_backoff = reconnect_max_backoff_seconds
-        # How long an exchange found missing counts as missing without asking the broker again.
+        # How long an exchange found missing counts as missing, and one readiness found there
+        # counts as there, without asking the broker again.
         self._missing_for = missing_exchange_seconds
         self._connection_name = connection_name
         self._ssl_context = tls_context(tls) if tls is not None else None
@@ -234,8 +239,9 @@ class RabbitBroker(Broker):
         self._closing = False
         # Each exchange's lane; it outlives the control connection.
         self._lanes: dict[str, _Lane] = {}
-        # Readiness's checks on the control connection, dropped when it goes.
-        self._checked: set[str] = set()
+        # Exchanges readiness found there on the control connection, until when (loop time)
+        # they count as there; dropped when the connection goes.
+        self._checked: dict[str, float] = {}
         self._checks: dict[str, asyncio.Future[None]] = {}
         # Exchanges found missing, until when (loop time) they count as missing.
         self._missing: dict[str, float] = {}
@@ -272,11 +278,10 @@ class RabbitBroker(Broker):
         self._set_connected(False)
 
     async def exchange_exists(self, exchange: str) -> bool:
+        # Not answered from an open lane: the lane checked its exchange when it connected, and
+        # the exchange may have been deleted since without the lane noticing.
         if self._is_missing(exchange):
             return False
-        lane = self._lanes.get(exchange)
-        if lane is not None and lane.link is not None and lane.link.usable:
-            return True  # checked when the lane connected, on the lane's own connection
         try:
             await self._check_exchange(self._control(), exchange, "")
         except GatewayError as error:
@@ -362,7 +367,7 @@ class RabbitBroker(Broker):
         only a publish that was alone in flight is known not to be stored. Every publish in
         flight fails at once, before any of them settles: the first to get here counts them.
         """
-        self._checked.discard(envelope.exchange)
+        self._checked.pop(envelope.exchange, None)
         self._mark_missing(envelope.exchange)  # the next publishes fail fast
         if link.in_flight_at_close is None:
             link.in_flight_at_close = link.publishing
@@ -486,8 +491,9 @@ class RabbitBroker(Broker):
     async def _check_exchange(
         self, connection: AbstractConnection, exchange: str, routing_key: str
     ) -> None:
-        """Passive-declare the exchange once; concurrent first requests share one check."""
-        if exchange in self._checked:
+        """Passive-declare the exchange, unless it was found there less than
+        `missing_exchange_seconds` ago; concurrent requests share one check."""
+        if asyncio.get_running_loop().time() < self._checked.get(exchange, 0.0):
             return
         check = self._checks.get(exchange)
         if check is None:
@@ -521,8 +527,8 @@ class RabbitBroker(Broker):
         finally:
             if not channel.is_closed:
                 await channel.close()
-        if connection is self._connection:  # not checked again until it is lost
-            self._checked.add(exchange)
+        if connection is self._connection:  # trusted for a while (see _check_exchange)
+            self._checked[exchange] = asyncio.get_running_loop().time() + self._missing_for
 
     # --- lanes ------------------------------------------------------------------------------
 

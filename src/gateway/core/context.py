@@ -31,14 +31,18 @@ class PeerIdentity:
 
 
 # W3C Trace Context (https://www.w3.org/TR/trace-context/): version-trace_id-parent_id-flags,
-# lower-case hex. A version above 00 may append fields after a dash; ff is invalid.
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_TRACEPARENT_MAX_LENGTH = 256  # version 00 is 55 characters; room for a future version's fields
+# lower-case hex; version 00 is exactly that (55 characters), ff is invalid. A later version
+# may append fields after a dash: read as the spec says, its first 55 characters when followed
+# by the end or a dash, and forwarded as version 00 with those four fields only.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACEPARENT_LENGTH = 55
 # tracestate: at most 32 comma-separated members key=value, and at most 512 characters.
 _TRACESTATE_MAX_LENGTH = 512
 _TRACESTATE_MAX_MEMBERS = 32
 _TRACESTATE_KEY = re.compile(r"[a-z0-9][_0-9a-z\-*/]{0,255}(@[a-z][_0-9a-z\-*/]{0,13})?")
 _TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+# The optional white space around a member: spaces and tabs, nothing else.
+_TRACESTATE_SPACE = " \t"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,33 +56,40 @@ class TraceContext:
     def from_metadata(cls, metadata: Mapping[str, str]) -> TraceContext | None:
         """The call's trace context; None when it sent none or a malformed `traceparent`.
 
-        A malformed one is dropped, not forwarded (the W3C rule: start a new trace), so that no
-        client can write arbitrary text into every message's headers. A malformed `tracestate`
-        is dropped alone.
+        A malformed one is dropped, not forwarded (the W3C rule: start a new trace), and of a
+        later version only its version 00 fields are kept, so that no client can write
+        arbitrary text into every message's headers. A malformed `tracestate` is dropped alone.
         """
-        traceparent = metadata.get("traceparent", "")
-        if not _valid_traceparent(traceparent):
+        traceparent = _traceparent(metadata.get("traceparent", ""))
+        if traceparent is None:
             return None
         tracestate = metadata.get("tracestate", "")
         return cls(traceparent, tracestate if _valid_tracestate(tracestate) else "")
 
 
-def _valid_traceparent(text: str) -> bool:
-    if len(text) > _TRACEPARENT_MAX_LENGTH:
-        return False
-    match = _TRACEPARENT.fullmatch(text)
+def _traceparent(text: str) -> str | None:
+    """The traceparent to forward: version 00 as it came, a later version cut to its version
+    00 fields (with version 00); None when it is malformed."""
+    match = _TRACEPARENT.match(text)
     if match is None:
-        return False
-    version, trace_id, parent_id, _, rest = match.groups()
-    if version == "ff" or (version == "00" and rest is not None):
-        return False
-    return trace_id != "0" * 32 and parent_id != "0" * 16
+        return None
+    version, trace_id, parent_id, flags = match.groups()
+    if version == "ff" or trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    rest = text[_TRACEPARENT_LENGTH:]
+    if rest and (version == "00" or not rest.startswith("-")):
+        return None
+    return f"00-{trace_id}-{parent_id}-{flags}"
 
 
 def _valid_tracestate(text: str) -> bool:
     if not text or len(text) > _TRACESTATE_MAX_LENGTH:
         return False
-    members = [member.strip() for member in text.split(",") if member.strip()]
+    members = [
+        member.strip(_TRACESTATE_SPACE)
+        for member in text.split(",")
+        if member.strip(_TRACESTATE_SPACE)
+    ]
     if not members or len(members) > _TRACESTATE_MAX_MEMBERS:
         return False
     for member in members:

@@ -7,7 +7,8 @@ after OpenTelemetry's messaging conventions for RabbitMQ, and the message carrie
 lines inside a call carry `trace_id` and `span_id`.
 
 OpenTelemetry is an optional extra (`task-gateway[otel]`); without it (or with tracing off)
-this middleware is not in the chain, and an incoming `traceparent` is forwarded as it came.
+this middleware is not in the chain, and a well-formed incoming `traceparent` is forwarded
+(version 00 as it came, a later version as its version-00 fields; `CallContext`).
 """
 
 from __future__ import annotations

@@ -151,10 +151,14 @@ class HttpTls:
 
 def peer_identity_from_auth_context(auth: Mapping[str, Iterable[bytes]]) -> PeerIdentity | None:
     """What a gRPC client's verified certificate says (grpc's auth context), if it sent one."""
-    names = tuple(v.decode() for v in auth.get("x509_subject_alternative_name", ()))
-    common = [v.decode() for v in auth.get("x509_common_name", ())]
-    if not names and not common:
+    if "x509_pem_cert" not in auth:
         return None
+    # peer_dns: the SAN DNS names only. Not x509_subject_alternative_name, which lists the
+    # email, URI and IP SANs too: a certificate naming a client's identity as an email or a
+    # URI would be that client.
+    names = tuple(v.decode() for v in auth.get("peer_dns", ()))
+    # grpc gives an empty x509_common_name to a certificate without a CN.
+    common = [v.decode() for v in auth.get("x509_common_name", ()) if v]
     return PeerIdentity(dns_names=names, common_name=common[0] if common else None)
 
 
