@@ -9,16 +9,25 @@ table grpc-gateway and Envoy's transcoder share), the level of the log line of a
 task that ends with it, whether a client may retry, and what the gateway means by it (the
 OpenAPI document's error responses are made of these lines). The gRPC mapping is the code
 itself. Adding a code the gateway answers with is one row.
+
+What an error says is bounded, however hostile the request: grpc carries the status in the
+trailers, which a client refuses past 8 KB (it then sees RESOURCE_EXHAUSTED "received metadata
+size exceeds limit" instead of the error); the REST shim writes it as the body; the log line
+carries the message. A `GatewayError` names at most `MAX_VIOLATIONS` violations and cuts its
+texts, and `clip` cuts a client's text an error quotes.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "ECHO_LENGTH",
     "HTTP_ONLY_STATUS",
+    "MAX_VIOLATIONS",
     "STATUS",
     "Code",
     "ConfigError",
@@ -26,6 +35,7 @@ __all__ = [
     "GatewayError",
     "Retry",
     "StatusRow",
+    "clip",
     "exchange_not_found",
     "invalid_argument",
     "unroutable",
@@ -97,7 +107,8 @@ STATUS: dict[Code, StatusRow] = {
         "info",
         Retry.NO,
         "INVALID_ARGUMENT: malformed JSON, a wrong field type, an unknown field or a failed "
-        "field rule (a google.rpc.BadRequest detail names each field); an unknown task_type "
+        "field rule (a google.rpc.BadRequest detail names each field, up to 20, and a last "
+        "violation with the field '…' says there were more); an unknown task_type "
         "(the message lists the known ones); a user_id that is empty, over 128 characters or "
         "contains ':' or control characters; an idempotency_key over 256 characters. Nothing "
         "was published: fix the request.",
@@ -178,6 +189,11 @@ HTTP_ONLY_STATUS: dict[int, tuple[Code, str]] = {
         Code.UNIMPLEMENTED,
         "The path exists, but not for this HTTP method; the Allow header lists those it takes.",
     ),
+    408: (
+        Code.DEADLINE_EXCEEDED,
+        "The request body had not all arrived server.keepalive_timeout_seconds after its "
+        "headers; the connection is closed. Nothing was published.",
+    ),
     413: (
         Code.RESOURCE_EXHAUSTED,
         "The request is larger than the gateway's limit (grpc.max_request_bytes). Nothing was "
@@ -188,6 +204,21 @@ HTTP_ONLY_STATUS: dict[int, tuple[Code, str]] = {
         "The request has a body whose Content-Type is not application/json.",
     ),
 }
+
+
+# The most violations an error names; a last one says there were more.
+MAX_VIOLATIONS = 20
+# The most characters of a client's text (a key, a value, a task type) an error quotes.
+ECHO_LENGTH = 64
+# Bounds in bytes of UTF-8: grpc percent-encodes a non-ASCII message byte by byte, and sends
+# the google.rpc.Status (message and details) in base64. With these, the status stays under
+# 3 KB and the trailers under 6 KB even of non-ASCII text; under 4.5 KB of ASCII.
+_MESSAGE_BYTES = 512
+_FIELD_BYTES = 192
+_DESCRIPTION_BYTES = 384
+_VIOLATIONS_BYTES = 2048
+
+_CUT = "…"
 
 
 @dataclass(frozen=True)
@@ -211,10 +242,11 @@ class GatewayError(Exception):
     ) -> None:
         """`retry_after`: seconds after which a retry may succeed (google.rpc.RetryInfo, and
         Retry-After on HTTP), when the gateway knows it."""
+        message = _cut(message, _MESSAGE_BYTES)
         super().__init__(message)
         self.code = code
         self.message = message
-        self.violations = tuple(violations)
+        self.violations = _bounded(violations)
         self.retry_after = retry_after
 
     def __repr__(self) -> str:
@@ -226,10 +258,54 @@ class ConfigError(ValueError):
 
 
 def invalid_argument(violations: Iterable[FieldViolation]) -> GatewayError:
-    """INVALID_ARGUMENT for bad fields, the message summing up every violation."""
-    violations = tuple(violations)
-    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-    return GatewayError(Code.INVALID_ARGUMENT, f"invalid request: {summary}", violations)
+    """INVALID_ARGUMENT for bad fields, the message summing up the violations it names."""
+    named = _bounded(violations)
+    summary = "; ".join(f"{v.field}: {v.description}" for v in named)
+    return GatewayError(Code.INVALID_ARGUMENT, f"invalid request: {summary}", named)
+
+
+def clip(text: str, length: int = ECHO_LENGTH) -> str:
+    """A client's text as an error quotes it: its first `length` characters, '…' if longer."""
+    return text if len(text) <= length else text[: length - 1] + _CUT
+
+
+# In place of the violations an error does not name.
+_MORE = FieldViolation(_CUT, "and more violations, not named here, to keep the error short")
+
+
+def _bounded(violations: Iterable[FieldViolation]) -> tuple[FieldViolation, ...]:
+    """The first violations, each cut short, within MAX_VIOLATIONS and a size in bytes; one
+    more says there were others. A lazy iterable is read no further than needed."""
+    named: list[FieldViolation] = []
+    size = 0
+    for violation in itertools.islice(violations, MAX_VIOLATIONS + 1):
+        cut = FieldViolation(
+            _cut(violation.field, _FIELD_BYTES), _cut(violation.description, _DESCRIPTION_BYTES)
+        )
+        size += _size(cut.field) + _size(cut.description)
+        if len(named) == MAX_VIOLATIONS or size > _VIOLATIONS_BYTES:
+            named.append(_MORE)
+            break
+        named.append(cut)
+    return tuple(named)
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` within `limit` bytes of UTF-8, cut short with '…' if longer."""
+    encoded = _encode(text)
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - len(_CUT.encode())].decode("utf-8", "ignore") + _CUT
+
+
+def _size(text: str) -> int:
+    return len(_encode(text))
+
+
+def _encode(text: str) -> bytes:
+    # A JSON key or value echoed back may hold lone surrogates, which UTF-8 cannot encode; the
+    # status shows them escaped (gateway.core.status), and so they are measured here.
+    return text.encode("utf-8", "backslashreplace")
 
 
 def exchange_not_found(exchange: str, routing_key: str) -> GatewayError:

@@ -148,3 +148,32 @@ async def test_stream_reports_a_bad_task_and_goes_on(gateway: Any, topology: Top
     assert all(by_index[i].task_key for i in (0, 1, 3))
     landed = await topology.drain_all()
     assert len(landed["images.queue"]) + len(landed["videos.queue"]) == 3
+
+
+async def test_rest_batch_entry_with_a_bad_typed_request_fails_alone(
+    gateway: Any, topology: Topology
+) -> None:
+    """A typed entry whose payload does not parse gets its own INVALID_ARGUMENT naming the
+    field in the entry; the good entry beside it is published."""
+    generate = "type.googleapis.com/images.v1.GenerateRequest"
+    payload = {"model": "m", "prompt": "p", "imageName": "i"}
+    body = {
+        "entries": [
+            {"typed": {"@type": generate, "user_id": "r1", "payload": {**payload, "width": "abc"}}},
+            {"typed": {"@type": generate, "user_id": "r2", "payload": payload}},
+        ]
+    }
+    url = f"http://127.0.0.1:{gateway.gateway.http_port}/api/v1/broker/publish-batch"
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+        status, answer = response.status, await response.json()
+
+    assert status == 200
+    bad, good = answer["results"]
+    assert bad["error"]["code"] == 3
+    (violation,) = bad["error"]["details"][0]["field_violations"]
+    assert violation["field"] == "entries[0].typed.payload.width"
+    assert violation["description"].endswith("got a string")
+    assert good["task_key"].startswith("r2:image-generation:")
+    (landed,) = await topology.drain("images.queue")
+    assert good["task_key"] == f"r2:image-generation:{landed.message_id}"
+    assert json.loads(landed.body)["user_id"] == "r2"

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.message import Message
+from taskgateway_api.images.v1 import images_pb2
+from taskgateway_api.taskgateway.v1 import gateway_pb2
 
-from gateway.contracts.jsonmapping import parse_json_object
+from gateway.contracts.jsonmapping import entry_violations, parse_json_object
 from gateway.errors import FieldViolation
 from tests.unit.protos import compile_proto
 
 SAMPLE = """
 syntax = "proto3";
 package sample.v1;
+import "google/protobuf/any.proto";
 import "google/protobuf/struct.proto";
 
 message Inner { string name = 1; }
@@ -34,6 +38,7 @@ message Sample {
   google.protobuf.Struct extra = 10;
   google.protobuf.ListValue items = 11;
   google.protobuf.Value anything = 12;
+  google.protobuf.Any packed = 13;
 }
 """
 
@@ -98,3 +103,136 @@ def test_every_wrong_value_is_named_at_once(sample: type[Message]) -> None:
     violations = parse_json_object({"text": 1, "flag": 1, "unknown": 1}, sample())
 
     assert [v.field for v in violations] == ["text", "flag", "unknown"]
+
+
+# --- a hostile object: many problems, long keys -----------------------------------------------
+
+
+class CountedObject(Mapping[str, Any]):
+    """A JSON object that counts how many of its values were read."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        self._items = items
+        self.read = 0
+
+    def __getitem__(self, key: str) -> Any:
+        self.read += 1
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def test_many_unknown_keys_are_named_twenty_at_most(sample: type[Message]) -> None:
+    """Twenty are named, a twenty-first says there are more; the known fields are listed once."""
+    violations = parse_json_object({f"key{i}": 1 for i in range(1000)}, sample(), "payload")
+
+    assert [v.field for v in violations[:20]] == [f"payload.key{i}" for i in range(20)]
+    assert len(violations) == 21
+    assert violations[0].description.startswith("unknown field of sample.v1.Sample; known fields:")
+    assert all("known fields" not in v.description for v in violations[1:])
+
+
+def test_the_check_stops_once_it_found_enough(sample: type[Message]) -> None:
+    """100,000 unknown keys cost the check no more than the first few of them."""
+    obj = CountedObject({f"key{i}": 1 for i in range(100_000)})
+
+    parse_json_object(obj, sample())
+
+    assert obj.read <= 21
+
+
+def test_an_echoed_key_is_cut_short(sample: type[Message]) -> None:
+    (violation,) = parse_json_object({"k" * 5000: 1}, sample(), "payload")
+
+    assert violation.field.startswith("payload.kkk")
+    assert violation.field.endswith("…")
+    assert len(violation.field) <= 80
+
+
+def test_an_echoed_value_is_cut_short(sample: type[Message]) -> None:
+    """protobuf's own error quotes the value (here a number too large for int64)."""
+    (violation,) = parse_json_object({"count": "9" * 5000}, sample())
+
+    assert violation.field == "count"
+    assert len(violation.description) <= 200
+
+
+# --- google.protobuf.Any: checked as the message its @type names --------------------------------
+
+PACKED = "type.googleapis.com/sample.v1.Inner"
+
+
+def test_a_packed_message_is_parsed(sample: type[Message]) -> None:
+    message = sample()
+
+    assert parse_json_object({"packed": {"@type": PACKED, "name": "n"}}, message) == []
+    assert message.packed.type_url == PACKED  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("packed", "field", "description"),
+    [
+        ({"@type": PACKED, "name": 5}, "packed.name", "must be a string, got a number"),
+        ({"@type": PACKED, "nmae": "n"}, "packed.nmae", "unknown field of sample.v1.Inner"),
+        ({"@type": 5}, "packed.@type", "must be a string"),
+        ({"name": "n"}, "packed.@type", "missing"),
+        ({"@type": "type.googleapis.com/nope.Nope"}, "packed.@type", "nope.Nope"),
+    ],
+)
+def test_a_packed_message_is_checked_as_its_type(
+    sample: type[Message], packed: dict[str, Any], field: str, description: str
+) -> None:
+    (violation,) = parse_json_object({"packed": packed}, sample())
+
+    assert violation.field == field
+    assert description in violation.description
+
+
+# --- the entries of a batch fail alone ------------------------------------------------------------
+
+GENERATE_URL = "type.googleapis.com/images.v1.GenerateRequest"
+PAYLOAD = {"model": "m", "prompt": "p", "image_name": "n"}
+
+
+def test_a_bad_batch_entry_fails_alone() -> None:
+    """The good entries are parsed; each bad one carries what is wrong with it, by its index."""
+    batch = gateway_pb2.PublishBatchRequest()
+    entries = [
+        {"typed": {"@type": GENERATE_URL, "user_id": "u", "payload": {**PAYLOAD, "width": "abc"}}},
+        {"publish": {"user_id": "u2", "task_type": "images.generate", "payload": PAYLOAD}},
+        {"typed": {"@type": 5}},
+        {"typed": {"@type": GENERATE_URL, "user_id": "u", "payload": {**PAYLOAD, "width": 1e100}}},
+        {"publish": {"user_id": 7}},
+        {"typed": {"@type": GENERATE_URL, "user_id": "u3", "payload": PAYLOAD}},
+    ]
+
+    assert parse_json_object({"entries": entries}, batch) == []
+
+    assert entry_violations(batch.entries[0]) == (
+        FieldViolation("entries[0].typed.payload.width", f"{INTEGER}, got a string"),
+    )
+    assert entry_violations(batch.entries[1]) == ()
+    assert batch.entries[1].publish.user_id == "u2"
+    assert [v.field for v in entry_violations(batch.entries[2])] == ["entries[2].typed.@type"]
+    assert [v.field for v in entry_violations(batch.entries[3])] == [
+        "entries[3].typed.payload.width"
+    ]
+    assert [v.field for v in entry_violations(batch.entries[4])] == ["entries[4].publish.user_id"]
+    assert entry_violations(batch.entries[5]) == ()
+    typed = images_pb2.GenerateRequest()
+    assert batch.entries[5].typed.Unpack(typed)
+    assert typed.user_id == "u3"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"entries": 5}, "entries"), ({"entries": [], "extra": 1}, "extra")],
+)
+def test_a_bad_batch_outside_its_entries_fails_whole(body: dict[str, Any], field: str) -> None:
+    (violation,) = parse_json_object(body, gateway_pb2.PublishBatchRequest())
+
+    assert violation.field == field

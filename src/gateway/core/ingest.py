@@ -26,7 +26,7 @@ from gateway.core import tasks
 from gateway.core.context import CallContext
 from gateway.core.metrics import IN_FLIGHT, IN_FLIGHT_LIMIT
 from gateway.core.middleware import Middleware, Outcome, visibility
-from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
+from gateway.errors import Code, FieldViolation, GatewayError, clip, invalid_argument
 
 __all__ = ["UNKNOWN_TASK_TYPE", "Accepted", "Ingestor", "Publication", "TaskRequest"]
 
@@ -203,8 +203,6 @@ class Ingestor:
             route, envelope, task_key = self._prepare(request, context)
             accepted = Accepted(task_key, envelope.message_id, route)
             fields.update(task_key=task_key, exchange=envelope.exchange)
-            for admit in self._hooks.admit:
-                admit(context, route, request.user_id)
             remaining = context.remaining()
             if remaining is not None and remaining < _LEAST_TIME_TO_CONFIRM:
                 raise GatewayError(
@@ -212,7 +210,19 @@ class Ingestor:
                     "the call's deadline passed before the task could be sent: nothing was "
                     "published; retry with a longer deadline",
                 )
-            confirm = self._start(context, route, envelope)
+            # A retry of a task in flight joins its publish; only a new one needs room.
+            joined = self._in_flight.get(envelope.message_id)
+            if joined is None and len(self._in_flight) >= self._max_in_flight:
+                raise GatewayError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"{self._max_in_flight} publishes are already waiting for the broker "
+                    "(broker.max_in_flight); retry later",
+                )
+            # Last, once nothing else can refuse the task: a quota token is spent only on a
+            # task that is sent.
+            for admit in self._hooks.admit:
+                admit(context, route, request.user_id)
+            confirm = joined if joined is not None else self._start(context, route, envelope)
         except Exception as exc:  # a GatewayError, or a bug that settle reports as one
             confirm = asyncio.get_running_loop().create_future()
             confirm.set_exception(exc)
@@ -229,9 +239,11 @@ class Ingestor:
     def _prepare(self, request: TaskRequest, call: CallContext) -> tuple[Route, Envelope, str]:
         """The task's route, its message, and its task key; INVALID_ARGUMENT for a bad task."""
         visible = self._visible
-        route = self.routes.resolve(
-            request.task_type, None if visible is None else lambda t: visible(call, t)
-        )
+        route = self.routes.get(request.task_type)
+        if route is None:
+            # The error quotes the task type: cut short, as a client may send a megabyte of it.
+            shown = None if visible is None else lambda t: visible(call, t)
+            raise self.routes.unknown(clip(request.task_type), shown)
         violations = validation.check_user_id(request.user_id)
         violations += validation.check_idempotency_key(request.idempotency_key)
         payload, payload_violations = _render_payload(route, request.payload)
@@ -264,17 +276,8 @@ class Ingestor:
         return route, envelope, task_key
 
     def _start(self, call: CallContext, route: Route, envelope: Envelope) -> asyncio.Future[None]:
-        """The publish of this task id: the one already in flight, or a new one."""
+        """Start publishing the task, in flight until the broker answers."""
         task_id = envelope.message_id
-        publish = self._in_flight.get(task_id)
-        if publish is not None:
-            return publish
-        if len(self._in_flight) >= self._max_in_flight:
-            raise GatewayError(
-                Code.RESOURCE_EXHAUSTED,
-                f"{self._max_in_flight} publishes are already waiting for the broker "
-                "(broker.max_in_flight); retry later",
-            )
         headers = cast(dict[str, str], envelope.headers)  # built by _prepare, still its own
         outcomes = [
             outcome

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from gateway.contracts.files import GATEWAY_SERVICE
-from gateway.contracts.jsonmapping import json_number
+from gateway.contracts.jsonmapping import entry_violations, json_number
 from gateway.contracts.routing import Route
 from gateway.core.context import CallContext
 from gateway.core.ingest import Accepted, Ingestor, TaskRequest
@@ -26,7 +26,7 @@ from gateway.core.method import Method, UnaryHandler, too_many_items
 from gateway.core.middleware import Middleware, apply, visibility
 from gateway.core.status import to_status_proto
 from gateway.core.window import Outcome, PublishWindow
-from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
+from gateway.errors import Code, FieldViolation, GatewayError, clip, invalid_argument
 
 __all__ = ["Methods", "struct_to_python"]
 
@@ -182,13 +182,15 @@ class Methods(Mapping[str, Method]):
             return _generic_task(entry.publish)
         if kind != "typed":
             raise invalid_argument([FieldViolation("task", "set publish or typed")])
+        violations = entry_violations(entry)
+        if violations:  # the JSON of a REST batch's entry that did not parse: it fails alone
+            raise invalid_argument(violations)
         type_name = entry.typed.TypeName()
         route = self._typed_by_request.get(type_name)
         if route is None:
             known = ", ".join(sorted(self._typed_by_request))
-            raise invalid_argument(
-                [FieldViolation("typed", f"{type_name!r} is no typed request; known: {known}")]
-            )
+            description = f"{clip(type_name)!r} is no typed request; known: {known}"
+            raise invalid_argument([FieldViolation("typed", description)])
         assert route.method is not None
         request_type = message_factory.GetMessageClass(route.method.input_type)
         try:
@@ -219,7 +221,9 @@ class Methods(Mapping[str, Method]):
         shown = None if visible is None else lambda t: visible(context, t)
         if request.task_type not in routes or (shown is not None and not shown(request.task_type)):
             # A resource that is not there (for this caller), not a bad argument.
-            raise GatewayError(Code.NOT_FOUND, routes.unknown(request.task_type, shown).message)
+            # The message quotes the task type: cut short, a client may send a megabyte of it.
+            unknown = routes.unknown(clip(request.task_type), shown)
+            raise GatewayError(Code.NOT_FOUND, unknown.message)
         response = gateway_pb2.GetTaskTypeSchemaResponse(task_type=request.task_type)
         response.json_schema.update(self._payload_schemas[request.task_type])
         return response
