@@ -72,7 +72,8 @@ class GrpcSettings:
     # anything is published. It bounds the work, and the answer's size, of one call.
     max_batch_entries: int = 1000
     # Calls one worker handles at once (streams included); past it grpc answers
-    # RESOURCE_EXHAUSTED at once.
+    # RESOURCE_EXHAUSTED at once. Health Watch streams, open to anyone, may hold at most a
+    # tenth of it (10 at least): one more is RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 1000
     # Calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     max_concurrent_streams: int = 100
@@ -92,7 +93,9 @@ class HttpSettings:
     # Client connections one worker keeps open; past it a new connection is answered 503 and
     # closed.
     max_connections: int = 1000
-    # An idle keep-alive connection is closed after this long.
+    # An idle connection (REST and admin) is closed after this long, as is one whose request
+    # headers are unfinished by then; a request body not all arrived this long after its
+    # headers is answered 408 and the connection closed.
     keepalive_timeout_seconds: float = 15.0
     tls: TlsSettings = field(default_factory=TlsSettings)
 

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog.testing
 from google.protobuf import json_format
 from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from tests.conftest import make_settings, memory_broker, replace_settings, url
 from tests.integration.test_publish import LEGACY_EXAMPLE
 from tests.service.test_grpc_service import HeldBroker
+from tests.service.test_metrics import value
+from tests.support.waits import hang_guard
 
 TASK = {"user_id": "u1", "payload": {"model": "m", "prompt": "p", "image_name": "n"}}
 
@@ -218,3 +223,96 @@ async def test_payload_schema_over_rest_describes_the_payload(
     assert schema["properties"]["model"]["maxLength"] == 256
     assert (missing.status, missing_answer["code"]) == (404, 5)
     assert "images.generate" in missing_answer["message"]
+
+
+def _head(length: int, *headers: bytes) -> bytes:
+    """The request line and headers of a POST of a task whose body is `length` bytes."""
+    return b"".join(
+        [
+            b"POST /api/v1/images/generate HTTP/1.1\r\nHost: t\r\n",
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n" % length,
+            *(header + b"\r\n" for header in headers),
+            b"\r\n",
+        ]
+    )
+
+
+async def _status_and_json(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    """The HTTP status and the JSON body of the answer on a raw connection."""
+    status = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value_ = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value_)
+    return int(status.split()[1]), json.loads(await reader.readexactly(length))
+
+
+def _request_count(status: int) -> float:
+    return value(
+        "http_server_request_duration_seconds_count",
+        http_request_method="POST",
+        http_route="/api/v1/images/generate",
+        http_response_status_code=str(status),
+    )
+
+
+@pytest.mark.parametrize("hang_up", ["close", "reset"])
+async def test_a_client_gone_mid_body_is_499_not_an_error(start_gateway: Any, hang_up: str) -> None:
+    """A client that closes (FIN) or resets (RST) its connection part-way through the body:
+    one info line, no traceback, counted as 499 (client closed request), nothing published."""
+    broker = memory_broker()
+    running = await start_gateway(make_settings(), broker)
+    before = {status: _request_count(status) for status in (499, 500)}
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.gateway.http_port)
+    logged = asyncio.Event()
+
+    def watch(_: object, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        logged.set()
+        return event
+
+    with structlog.testing.capture_logs(processors=[watch]) as logs:
+        # Expect: 100-continue: the shim says "100 Continue" as it starts on the request, so
+        # the hang-up below comes while it reads the body, not before it saw the request.
+        writer.write(_head(1000, b"Expect: 100-continue"))
+        async with hang_guard("100 Continue"):
+            assert await reader.readline() == b"HTTP/1.1 100 Continue\r\n"
+        writer.write(b'{"user_id": "u1", ')
+        await writer.drain()
+        if hang_up == "reset":  # SO_LINGER 0: close() sends RST
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+        # Measured as the shim answers, right after the line it logs (nothing awaited between).
+        async with hang_guard("the shim logging the request"):
+            await logged.wait()
+
+    assert [(entry["event"], entry["log_level"]) for entry in logs] == [
+        ("http request rejected", "info")
+    ]
+    (entry,) = logs
+    assert entry["code"] == "CANCELLED"
+    assert "exc_info" not in entry
+    assert _request_count(499) - before[499] == 1
+    assert _request_count(500) == before[500]
+    assert all(not broker.messages(queue) for queue in broker.queues)
+
+
+async def test_grpc_timeout_counts_from_the_arrival_of_the_request(start_gateway: Any) -> None:
+    """Grpc-Timeout runs from when the request's headers arrived, as a gRPC deadline runs from
+    the call's start: a body sent after the deadline passed is not published (504)."""
+    broker = memory_broker()
+    running = await start_gateway(make_settings(), broker)
+    body = json.dumps(TASK).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.gateway.http_port)
+
+    writer.write(_head(len(body), b"Grpc-Timeout: 100m"))
+    await asyncio.sleep(0.5)  # not an assertion on time: the deadline passes meanwhile
+    writer.write(body)
+    async with hang_guard("the answer to a task sent after its deadline"):
+        status, answer = await _status_and_json(reader)
+
+    assert (status, answer.get("code")) == (504, 4), answer
+    assert "deadline passed before the task could be sent" in answer["message"]
+    assert all(not broker.messages(queue) for queue in broker.queues)
+    writer.close()

@@ -192,7 +192,9 @@ class Gateway:
             )
             if self.settings.admin.address:
                 self.admin_port = await self.http.start_admin(
-                    self.settings.admin.address, reuse_port=self._reuse_port
+                    self.settings.admin.address,
+                    reuse_port=self._reuse_port,
+                    keepalive_timeout=self.settings.server.keepalive_timeout_seconds,
                 )
             if self.clients_file is not None:
                 self.clients_file.start()

@@ -57,7 +57,7 @@ the client may not publish).
 message's headers.
 - `Grpc-Timeout`: the call's deadline in gRPC's format, 1 to 8 digits and a unit (`H` hours, \
 `M` minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds), e.g. `5S` or \
-`500m`.
+`500m`, counted from when the request's headers arrive.
 
 Send an `idempotency_key` with every task you may retry: the task id is then derived from \
 (user_id, task type, key), so a retry after an unknown outcome (504, 499, a dropped connection) \

@@ -2,6 +2,11 @@
 
 Methods go through `grpc_service` (and so through the middleware seam); health and reflection
 are grpc's own services, outside it.
+
+grpc.max_concurrent_rpcs is grpc's own limit on the calls of a worker, whatever their method.
+Health stays open to anyone (probes present no credentials), and a Health/Watch stream stays
+open as long as its client likes: so open Watch streams are capped at a tenth of the limit
+(`_capped_watch`), and anonymous clients cannot take the places of the gateway's calls.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from gateway.transport.tls import CertificateFiles, grpc_credentials
 __all__ = ["GrpcServer"]
 
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+# Open Health/Watch streams hold at most 1/_WATCH_DIVISOR of grpc.max_concurrent_rpcs.
+_WATCH_DIVISOR = 10
 
 
 # Authenticates a call's context for what is outside the seam (reflection), or raises.
@@ -59,6 +67,7 @@ class GrpcServer:
         self._services = methods.service_names
         # `health.aio` is grpc's asyncio servicer; the package ships no type stubs for it.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._watches = 0  # Health/Watch streams open now
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
 
@@ -83,7 +92,7 @@ class GrpcServer:
             **method_handlers(
                 self._methods, identify_peers=bool(self._settings.tls.client_ca_file)
             ),
-            **_health_handlers(self._health),
+            **self._capped_watch(_health_handlers(self._health)),
             **self._guarded(reflection_handlers([*self._services, _HEALTH_SERVICE])),
         }
         for service, handlers in services.items():
@@ -139,6 +148,37 @@ class GrpcServer:
                     response_serializer=handler.response_serializer,
                 )
         return guarded
+
+    def _capped_watch(self, services: ServiceHandlers) -> ServiceHandlers:
+        """Health's handlers, Watch refusing a stream (RESOURCE_EXHAUSTED) while a tenth of
+        grpc.max_concurrent_rpcs are open already (none below 10): each one holds a place
+        under grpc's limit for as long as it stays open. Check, a unary call, is left alone."""
+        limit = self._settings.max_concurrent_rpcs // _WATCH_DIVISOR
+        handler = services[_HEALTH_SERVICE]["Watch"]
+        # grpc.aio's coroutine, which grpc-stubs types as the synchronous server's iterator.
+        watch: Any = handler.unary_stream
+        assert watch is not None, "Health/Watch is server-streaming"
+
+        async def capped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            if self._watches >= limit:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this worker has {self._watches} Health/Watch streams open, its most (a "
+                    "tenth of grpc.max_concurrent_rpcs, so that the gateway's own calls keep "
+                    "their places); use Health/Check, or watch again later",
+                )
+            self._watches += 1
+            try:
+                await watch(request, context)
+            finally:
+                self._watches -= 1
+
+        capped_handler = grpc.unary_stream_rpc_method_handler(
+            capped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        return {**services, _HEALTH_SERVICE: {**services[_HEALTH_SERVICE], "Watch": capped_handler}}
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING or NOT_SERVING for the server ("") and each of the gateway's services."""

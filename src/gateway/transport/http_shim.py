@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -141,6 +141,8 @@ class HttpShim:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._admin: web.AppRunner | None = None
+        # Seconds a request's body has to arrive in, from its headers (set by `start`).
+        self._body_timeout: float | None = None
 
     async def start(
         self,
@@ -155,7 +157,15 @@ class HttpShim:
 
         At most `max_connections` client connections at once: one more is answered 503 and
         closed. On stop, handlers still running get `answer_grace` seconds to answer.
+
+        `keepalive_timeout` bounds every wait on the client: an idle connection, a request's
+        headers (aiohttp's keep-alive timer runs until they are complete) and, here, its body,
+        which must have arrived that long after the headers, else 408 and the connection is
+        closed (once aiohttp's lingering close, at most 10 s, has drained what still comes).
+        So a client that sends a byte now and then cannot hold one of `max_connections` for
+        ever.
         """
+        self._body_timeout = keepalive_timeout
         host, _, port = address.rpartition(":")
         self._runner = web.AppRunner(
             self.application(),
@@ -192,13 +202,19 @@ class HttpShim:
             self._tls.start()
         return int(self._listener.sockets[0].getsockname()[1])
 
-    async def start_admin(self, address: str, *, reuse_port: bool) -> int:
-        """The admin listener: plaintext /healthz, /readyz and /metrics only; its port."""
+    async def start_admin(self, address: str, *, reuse_port: bool, keepalive_timeout: float) -> int:
+        """The admin listener: plaintext /healthz, /readyz and /metrics only; its port.
+
+        Its connections are closed idle after `keepalive_timeout` too: aiohttp's default is an
+        hour, for anyone who can reach the port and never finishes a request.
+        """
         app = web.Application(middlewares=[_measured])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        self._admin = web.AppRunner(app, access_log=None, shutdown_timeout=0)
+        self._admin = web.AppRunner(
+            app, access_log=None, shutdown_timeout=0, keepalive_timeout=keepalive_timeout
+        )
         await self._admin.setup()
         host, _, port = address.rpartition(":")
         site = web.TCPSite(self._admin, host.strip("[]"), int(port), reuse_port=reuse_port or None)
@@ -287,7 +303,11 @@ class HttpShim:
 
     async def _transcode(self, request: web.Request) -> tuple[Method, Message, CallContext]:
         """The method a request routes to, its request message, and its call context."""
+        # Grpc-Timeout counts from here, as a gRPC deadline counts from the call's start: the
+        # time the body takes to arrive and to parse is the client's too.
+        arrived = time.monotonic()
         rule, method, variables = self._route(request)
+        timeout = _timeout(request)  # a malformed header is refused before the body is read
         raw = await self._body(request) if rule.body else b""
         if len(raw) > _LARGE_BODY_BYTES:
             # Off the event loop, parsing and the freeing of what was parsed alike: a 1 MB
@@ -300,7 +320,8 @@ class HttpShim:
             "http",
             method=method.full_name,
             peer=request.remote or "",
-            timeout=_timeout(request),
+            # May be past already: the method then answers DEADLINE_EXCEEDED, publishing nothing.
+            timeout=None if timeout is None else timeout - (time.monotonic() - arrived),
             metadata=_metadata(request),
             peer_identity=peer_identity_from_certificate(
                 transport.get_extra_info("peercert") if transport is not None else None
@@ -328,7 +349,12 @@ class HttpShim:
         raise _HttpError(404, f"no route for {request.method} {path}")
 
     async def _body(self, request: web.Request) -> bytes:
-        """The request's body, once its media type and size are checked."""
+        """The request's body, once its media type and size are checked.
+
+        Bounded in time (see `start`): nothing else frees a connection whose client sends its
+        body a byte now and then, and authentication, which needs the parsed request, comes
+        only after it.
+        """
         media_type = request.content_type
         if media_type != "application/json" and not media_type.endswith("+json"):
             sent = request.headers.get("Content-Type", "none")
@@ -337,9 +363,25 @@ class HttpShim:
         if length is not None and length > self._max_request_bytes:
             raise _too_large(length, self._max_request_bytes)
         try:
-            return await request.read()
+            async with asyncio.timeout(self._body_timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:  # a chunked body, with no Content-Length
             raise _too_large(None, self._max_request_bytes) from None
+        except TimeoutError:
+            raise _HttpError(
+                408,
+                f"the request body had not all arrived {self._body_timeout:g} s after its "
+                "headers (server.keepalive_timeout_seconds); nothing was published",
+                close=True,  # the rest of the body may still come: the connection is done
+            ) from None
+        except ConnectionError:  # reset, aborted; aiohttp's ClientConnectionResetError too
+            # The client closed or reset its connection while sending: its doing, routine
+            # (CANCELLED, 499, logged at info), and there is no one left to answer.
+            raise GatewayError(
+                Code.CANCELLED,
+                "the client closed the connection before its request body had arrived; "
+                "nothing was published",
+            ) from None
 
 
 def _request_message_freed(
@@ -410,18 +452,30 @@ class _TooManyConnections(asyncio.Protocol):
     """A connection over server.max_connections: answered 503 at once and closed."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_TOO_MANY_CONNECTIONS)
-        transport.close()
+        # A stream server's transport writes, but not always as an asyncio.WriteTransport:
+        # uvloop's (the production loop's) are classes of its own.
+        stream = cast(asyncio.Transport, transport)
+        stream.write(_TOO_MANY_CONNECTIONS)
+        stream.close()
 
 
 class _HttpError(GatewayError):
-    """An error of the HTTP layer itself (routing, media type, size) with its own HTTP status."""
+    """An error of the HTTP layer itself (routing, media type, size, time) with its own HTTP
+    status."""
 
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
+        """`close`: answer with Connection: close, and take no further request on it."""
         super().__init__(HTTP_ONLY_STATUS[status][0], message)
         self.status = status
         self.headers = dict(headers or {})
+        self.close = close
 
 
 def _too_large(size: int | None, limit: int) -> _HttpError:
@@ -549,12 +603,15 @@ def _error_response(error: GatewayError) -> web.Response:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if error.code is Code.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = "Bearer"
-    return web.Response(
+    response = web.Response(
         body=json.dumps(body, ensure_ascii=False).encode(),
         status=status,
         content_type="application/json",
         headers=headers or None,
     )
+    if isinstance(error, _HttpError) and error.close:
+        response.force_close()
+    return response
 
 
 def _wire_name(rule: HttpRule) -> str:
