@@ -34,6 +34,7 @@ from gateway.config import AdminSettings, AuthSettings, Settings, TlsSettings
 from gateway.errors import ConfigError
 from tests.conftest import make_settings, memory_broker, replace_settings
 from tests.support.ports import free_port
+from tests.support.waits import hang_guard
 
 TOKEN = "s3cret-token-of-image-frontend"
 OTHER_TOKEN = "a-token-nobody-was-given"
@@ -333,6 +334,26 @@ async def test_no_token_and_an_unknown_token_are_unauthenticated(guarded: Any) -
         (grpc.StatusCode.UNAUTHENTICATED, "token not recognised"),
     ]
     assert (status, challenge) == (401, "Bearer")
+    assert broker.messages("images.queue") == []
+
+
+async def test_a_rest_caller_without_a_known_token_is_refused_before_its_body_is_read(
+    guarded: Any,
+) -> None:
+    """Headers announcing a megabyte, and no body: 401 at once, not a wait for the body (which
+    would end in 408 after the keep-alive timeout)."""
+    gateway, broker, _ = guarded
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.http_port)
+    writer.write(
+        b"POST /api/v1/broker/publish HTTP/1.1\r\nHost: gateway\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    await writer.drain()
+    async with hang_guard("an answer to a request whose body never came"):
+        status_line = await reader.readline()
+    writer.close()
+
+    assert status_line.startswith(b"HTTP/1.1 401 "), status_line
     assert broker.messages("images.queue") == []
 
 

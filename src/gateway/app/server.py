@@ -165,6 +165,7 @@ class Gateway:
             readiness=self.health.readiness,
             max_request_bytes=settings.grpc.max_request_bytes,
             tls=settings.server.tls,
+            authenticate=self.auth.authenticate if self.auth is not None else None,
         )
         # Set when several worker processes share the ports.
         self._reuse_port = reuse_port
