@@ -73,7 +73,7 @@ class GrpcSettings:
     max_batch_entries: int = 1000
     # Calls one worker handles at once (streams included); past it grpc answers
     # RESOURCE_EXHAUSTED at once. Health Watch streams, open to anyone, may hold at most a
-    # tenth of it (10 at least): one more is RESOURCE_EXHAUSTED.
+    # tenth of it (one at least): one more is RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 1000
     # Calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     max_concurrent_streams: int = 100

@@ -151,9 +151,9 @@ class GrpcServer:
 
     def _capped_watch(self, services: ServiceHandlers) -> ServiceHandlers:
         """Health's handlers, Watch refusing a stream (RESOURCE_EXHAUSTED) while a tenth of
-        grpc.max_concurrent_rpcs are open already (none below 10): each one holds a place
+        grpc.max_concurrent_rpcs (one at least) are open already: each one holds a place
         under grpc's limit for as long as it stays open. Check, a unary call, is left alone."""
-        limit = self._settings.max_concurrent_rpcs // _WATCH_DIVISOR
+        limit = max(1, self._settings.max_concurrent_rpcs // _WATCH_DIVISOR)
         handler = services[_HEALTH_SERVICE]["Watch"]
         # grpc.aio's coroutine, which grpc-stubs types as the synchronous server's iterator.
         watch: Any = handler.unary_stream
