@@ -36,6 +36,7 @@ __all__ = [
     "Retry",
     "StatusRow",
     "clip",
+    "escaped",
     "exchange_not_found",
     "invalid_argument",
     "unroutable",
@@ -302,9 +303,14 @@ def _size(text: str) -> int:
     return len(_encode(text))
 
 
+def escaped(text: str) -> str:
+    """Text a protobuf string can hold: lone surrogates shown escaped (\\ud800)."""
+    return _encode(text).decode("utf-8")
+
+
 def _encode(text: str) -> bytes:
     # A JSON key or value echoed back may hold lone surrogates, which UTF-8 cannot encode; the
-    # status shows them escaped (gateway.core.status), and so they are measured here.
+    # status shows them escaped (`escaped`), and so they are measured here.
     return text.encode("utf-8", "backslashreplace")
 
 

@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
-from gateway.errors import MAX_VIOLATIONS, FieldViolation, clip
+from gateway.errors import MAX_VIOLATIONS, FieldViolation, clip, escaped
 
 __all__ = ["entry_violations", "json_number", "parse_json_object"]
 
@@ -174,7 +174,7 @@ def _parse_entry(
             _BAD_REQUEST(
                 field_violations=[
                     _BAD_REQUEST.FieldViolation(
-                        field=_text(v.field), description=_text(v.description)
+                        field=escaped(v.field), description=escaped(v.description)
                     )
                     for v in violations
                 ]
@@ -200,12 +200,6 @@ def _parse_typed(
     if not violations:
         entry.typed.Pack(message)
     return violations
-
-
-def _text(text: str) -> str:
-    """Text a protobuf string can hold: a key echoed back may carry lone surrogates, which are
-    kept escaped (\\ud800), as the error's status would show them."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # Fields whose JSON form may be null: a JSON value.

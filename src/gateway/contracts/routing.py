@@ -64,12 +64,11 @@ class RouteTable(Mapping[str, Route]):
     def __len__(self) -> int:
         return len(self._routes)
 
-    def resolve(self, task_type: str, visible: Callable[[str], bool] | None = None) -> Route:
-        """The route of a task type a client named, or INVALID_ARGUMENT listing the known ones
-        (those `visible` lets the caller know of, when given)."""
+    def resolve(self, task_type: str) -> Route:
+        """The route of a task type a client named, or INVALID_ARGUMENT listing the known ones."""
         route = self._routes.get(task_type)
         if route is None:
-            raise self.unknown(task_type, visible)
+            raise self.unknown(task_type)
         return route
 
     def unknown(self, task_type: str, visible: Callable[[str], bool] | None = None) -> GatewayError:

@@ -22,7 +22,7 @@ import hmac
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.message import Message
 
@@ -193,7 +193,12 @@ class Auth(Middleware):
         self._clients = clients
 
     def authenticate(self, call: CallContext) -> Client:
-        """The calling client, set on the call; UNAUTHENTICATED saying what is missing."""
+        """The calling client, set on the call; UNAUTHENTICATED saying what is missing.
+
+        A call already authenticated (the REST shim asks before reading the body) keeps its
+        client: the token is not hashed and compared again."""
+        if call.client is not None:
+            return cast(Client, call.client)
         header = call.metadata.get("authorization")
         if header is not None:
             match = _BEARER.fullmatch(header)

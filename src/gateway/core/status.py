@@ -6,7 +6,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.rpc import error_details_pb2, status_pb2
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, escaped
 
 __all__ = ["to_status_proto"]
 
@@ -14,7 +14,7 @@ __all__ = ["to_status_proto"]
 def to_status_proto(error: GatewayError) -> status_pb2.Status:
     """The google.rpc.Status of an error, with a BadRequest detail naming each bad field and a
     RetryInfo detail when the gateway knows when a retry may succeed."""
-    status = status_pb2.Status(code=int(error.code), message=_text(error.message))
+    status = status_pb2.Status(code=int(error.code), message=escaped(error.message))
     if error.retry_after is not None:
         detail = AnyProto()
         delay = duration_pb2.Duration()
@@ -27,7 +27,7 @@ def to_status_proto(error: GatewayError) -> status_pb2.Status:
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=_text(v.field), description=_text(v.description)
+                        field=escaped(v.field), description=escaped(v.description)
                     )
                     for v in error.violations
                 ]
@@ -35,9 +35,3 @@ def to_status_proto(error: GatewayError) -> status_pb2.Status:
         )
         status.details.append(detail)
     return status
-
-
-def _text(text: str) -> str:
-    """Text a protobuf string can hold: a JSON key or value echoed back from a request may
-    carry lone surrogates, which are shown escaped (\\\\ud800) instead."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")

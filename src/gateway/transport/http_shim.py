@@ -137,7 +137,7 @@ class HttpShim:
         self._routes = [(rule, methods[_wire_name(rule)]) for rule in rules]
         # Who the caller is, asked before its body is read (auth.mode = "required"): a client
         # that is not let in costs no read and no parse of up to max_request_bytes. The
-        # methods' own authentication then finds the same client.
+        # methods' own authentication then keeps the client found here (Auth.authenticate).
         self._authenticate = authenticate
         self._openapi = json.dumps(openapi, ensure_ascii=False).encode()
         self._readiness = readiness
