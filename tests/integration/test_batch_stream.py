@@ -13,7 +13,7 @@ from taskgateway_api.images.v1 import images_pb2
 from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 from taskgateway_api.videos.v1 import videos_pb2
 
-from tests.conftest import Topology
+from tests.conftest import Topology, url
 from tests.integration.test_publish import LEGACY_EXAMPLE
 
 
@@ -70,7 +70,9 @@ async def test_grpc_batch_answers_each_entry_and_publishes_the_good_ones(
     assert json.loads(video.body)["task_type"] == "videos.animate"
 
 
-async def test_rest_batch_takes_typed_entries_as_any(gateway: Any, topology: Topology) -> None:
+async def test_rest_batch_takes_typed_entries_as_any(
+    gateway: Any, topology: Topology, http: aiohttp.ClientSession
+) -> None:
     """POST /api/v1/broker/publish-batch takes generic and @type-tagged typed entries."""
     body = {
         "entries": [
@@ -85,8 +87,7 @@ async def test_rest_batch_takes_typed_entries_as_any(gateway: Any, topology: Top
             {"publish": {**LEGACY_EXAMPLE, "task_type": "images.nope"}},
         ]
     }
-    url = f"http://127.0.0.1:{gateway.gateway.http_port}/api/v1/broker/publish-batch"
-    async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+    async with http.post(url(gateway, "/api/v1/broker/publish-batch"), json=body) as response:
         answer = await response.json()
 
     assert response.status == 200
@@ -151,7 +152,7 @@ async def test_stream_reports_a_bad_task_and_goes_on(gateway: Any, topology: Top
 
 
 async def test_rest_batch_entry_with_a_bad_typed_request_fails_alone(
-    gateway: Any, topology: Topology
+    gateway: Any, topology: Topology, http: aiohttp.ClientSession
 ) -> None:
     """A typed entry whose payload does not parse gets its own INVALID_ARGUMENT naming the
     field in the entry; the good entry beside it is published."""
@@ -163,8 +164,7 @@ async def test_rest_batch_entry_with_a_bad_typed_request_fails_alone(
             {"typed": {"@type": generate, "user_id": "r2", "payload": payload}},
         ]
     }
-    url = f"http://127.0.0.1:{gateway.gateway.http_port}/api/v1/broker/publish-batch"
-    async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+    async with http.post(url(gateway, "/api/v1/broker/publish-batch"), json=body) as response:
         status, answer = response.status, await response.json()
 
     assert status == 200

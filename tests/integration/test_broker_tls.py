@@ -92,6 +92,21 @@ async def publish_image(channel: grpc.aio.Channel, key: str) -> str:
     return new_task_id("tls-user", "images.generate", key)
 
 
+async def publish_over_amqps(
+    start_gateway: Any, node: RabbitNode, address: str, tls: BrokerTlsSettings, key: str
+) -> tuple[str, list[str]]:
+    """A gateway publishing to `address` with `tls`, once connected, publishes one task: its
+    id, and the ids of what landed in images.queue (read over the node's plain listener)."""
+    running = await start_gateway(replace_settings(make_settings(address), "broker", tls=tls))
+    await wait_connected(running.gateway)
+
+    task_id = await publish_image(running.channel, key)
+
+    async with topology_at(node.url) as topology:
+        landed = [m.message_id for m in await topology.drain("images.queue")]
+    return task_id, landed
+
+
 async def gateway_connections(node: RabbitNode) -> set[tuple[bool, str, str]]:
     """How the gateway's connections to the node are made: (TLS, mechanism, user)."""
     return {
@@ -106,16 +121,14 @@ async def test_a_gateway_publishes_over_amqps_with_a_ca_and_a_password(
     tls_node: RabbitNode, pki: Pki, start_gateway: Any
 ) -> None:
     """With the broker's CA and a password in the URL, tasks are published over TLS and land."""
-    settings = replace_settings(
-        make_settings(tls_node.amqps_url()), "broker", tls=BrokerTlsSettings(ca_file=str(pki.ca))
+    task_id, landed = await publish_over_amqps(
+        start_gateway,
+        tls_node,
+        tls_node.amqps_url(),
+        BrokerTlsSettings(ca_file=str(pki.ca)),
+        "tls-password",
     )
-    running = await start_gateway(settings)
-    await wait_connected(running.gateway)
 
-    task_id = await publish_image(running.channel, "tls-password")
-
-    async with topology_at(tls_node.url) as topology:
-        landed = [m.message_id for m in await topology.drain("images.queue")]
     assert landed == [task_id]
     assert await gateway_connections(tls_node) == {(True, "PLAIN", tls_node.user)}
 
@@ -129,16 +142,10 @@ async def test_a_client_certificate_logs_in_with_external(
     tls = BrokerTlsSettings(
         ca_file=str(pki.ca), cert_file=str(pki.client_cert), key_file=str(pki.client_key)
     )
-    settings = replace_settings(
-        make_settings(tls_node.amqps_url(password=False)), "broker", tls=tls
+    task_id, landed = await publish_over_amqps(
+        start_gateway, tls_node, tls_node.amqps_url(password=False), tls, "tls-certificate"
     )
-    running = await start_gateway(settings)
-    await wait_connected(running.gateway)
 
-    task_id = await publish_image(running.channel, "tls-certificate")
-
-    async with topology_at(tls_node.url) as topology:
-        landed = [m.message_id for m in await topology.drain("images.queue")]
     assert landed == [task_id]
     assert await gateway_connections(tls_node) == {(True, "EXTERNAL", CERTIFICATE_USER)}
 

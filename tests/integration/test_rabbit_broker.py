@@ -41,13 +41,14 @@ def envelope(exchange: str = "images.tasks", routing_key: str = "images.generate
     )
 
 
-def make_broker(url: str) -> RabbitBroker:
+def make_broker(url: str, **options: Any) -> RabbitBroker:
     return RabbitBroker(
         [url],
         heartbeat_seconds=10,
         connect_timeout_seconds=2,
         reconnect_max_backoff_seconds=0.2,
         connection_name="broker-test",
+        **options,
     )
 
 
@@ -131,13 +132,7 @@ async def test_publishes_and_readiness_checks_reuse_a_passive_declare(
 ) -> None:
     """Twenty publishes passive-declare their exchange once, when the lane opens; twenty
     readiness checks once between them, within missing_exchange_seconds (an hour here)."""
-    broker = RabbitBroker(
-        [rabbitmq_url],
-        heartbeat_seconds=10,
-        connect_timeout_seconds=2,
-        reconnect_max_backoff_seconds=0.2,
-        missing_exchange_seconds=3600,
-    )
+    broker = make_broker(rabbitmq_url, missing_exchange_seconds=3600)
     declared: list[str] = []
     passive_declare = broker._passive_declare
 

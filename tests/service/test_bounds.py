@@ -58,7 +58,7 @@ async def test_a_connection_past_its_max_age_is_asked_to_go_away(start_gateway: 
     assert answer.task_key.startswith("u1:image-generation:")
 
 
-async def _response(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
     """One HTTP answer read whole: its status line, its headers (lower-case names), its body.
 
     A connection closed before the answer gives an empty status line (and IncompleteReadError
@@ -78,7 +78,7 @@ async def _request(port: int, connection: tuple[Any, Any]) -> bytes:
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
     await writer.drain()
     async with hang_guard("the answer to GET /healthz"):
-        status, _, _ = await _response(reader)
+        status, _, _ = await read_response(reader)
     return status
 
 
@@ -160,7 +160,7 @@ async def test_a_body_not_sent_within_the_keepalive_timeout_is_answered_408(
 
     writer.write(_STALLED_HEAD + b'{"user_id": "u1", ')  # and nothing more
     async with hang_guard("the answer to a request whose body stalled"):
-        status, headers, body = await _response(reader)
+        status, headers, body = await read_response(reader)
 
     assert status == b"HTTP/1.1 408 Request Timeout\r\n"
     assert headers["connection"] == "close"
@@ -188,7 +188,7 @@ async def test_a_body_trickled_byte_by_byte_is_cut_off_too(start_gateway: Any) -
     trickling = asyncio.ensure_future(trickle())
     try:
         async with hang_guard("the answer to a request whose body trickles in"):
-            status, _, _ = await _response(reader)
+            status, _, _ = await read_response(reader)
     finally:
         trickling.cancel()
 

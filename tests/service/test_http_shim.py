@@ -17,6 +17,7 @@ from taskgateway_api.taskgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from tests.conftest import make_settings, memory_broker, replace_settings, url
 from tests.integration.test_publish import LEGACY_EXAMPLE
+from tests.service.test_bounds import read_response
 from tests.service.test_grpc_service import HeldBroker
 from tests.service.test_metrics import value
 from tests.support.waits import hang_guard
@@ -239,13 +240,8 @@ def _head(length: int, *headers: bytes) -> bytes:
 
 async def _status_and_json(reader: asyncio.StreamReader) -> tuple[int, Any]:
     """The HTTP status and the JSON body of the answer on a raw connection."""
-    status = await reader.readline()
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value_ = line.decode().partition(":")
-        if name.lower() == "content-length":
-            length = int(value_)
-    return int(status.split()[1]), json.loads(await reader.readexactly(length))
+    status, _, body = await read_response(reader)
+    return int(status.split()[1]), json.loads(body)
 
 
 def _request_count(status: int) -> float:

@@ -317,53 +317,51 @@ class RabbitNode:
 
     async def ctl(self, *args: str, timeout: float = _CTL_TIMEOUT_SECONDS) -> str:
         """Run `rabbitmqctl -n <this node> ARGS`; its stdout, or RuntimeError with its stderr."""
-        process = await asyncio.create_subprocess_exec(
-            str(self._ctl_script),
-            "-n",
-            self.node,
-            "-q",
-            *args,
-            cwd=self.base,
+        return await self._run(
+            [str(self._ctl_script), "-n", self.node, "-q", *args],
+            f"rabbitmqctl {' '.join(args)}",
             env=self._env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            timeout=timeout,
         )
-        try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)} timed out after {timeout}s") from None
-        if process.returncode != 0:
-            raise RuntimeError(
-                f"rabbitmqctl {' '.join(args)} failed ({process.returncode}): "
-                f"{stderr.decode(errors='replace').strip() or stdout.decode(errors='replace')}"
-            )
-        return stdout.decode()
 
     async def run_ctl_script(self, argv: Sequence[str], stdin: bytes) -> str:
         """Run a script that calls `$RABBITMQCTL` (deploy/rabbitmq/users.sh) against this node,
         `stdin` on its standard input; its stdout, or RuntimeError with its stderr."""
+        return await self._run(
+            argv,
+            " ".join(argv),
+            env={**self._env, "RABBITMQCTL": f"{self._ctl_script} -n {self.node}"},
+            stdin=stdin,
+        )
+
+    async def _run(
+        self,
+        argv: Sequence[str],
+        what: str,
+        *,
+        env: dict[str, str],
+        stdin: bytes | None = None,
+        timeout: float = _CTL_TIMEOUT_SECONDS,
+    ) -> str:
+        """Run `argv` in this node's directory; its stdout, or RuntimeError naming `what`."""
         process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=self.base,
-            env={**self._env, "RABBITMQCTL": f"{self._ctl_script} -n {self.node}"},
-            stdin=asyncio.subprocess.PIPE,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            stdout, stderr = await asyncio.wait_for(
-                process.communicate(stdin), _CTL_TIMEOUT_SECONDS
-            )
+            stdout, stderr = await asyncio.wait_for(process.communicate(stdin), timeout)
         except TimeoutError:
             process.kill()
             await process.wait()
-            raise RuntimeError(f"{argv[0]} timed out after {_CTL_TIMEOUT_SECONDS}s") from None
+            raise RuntimeError(f"{what} timed out after {timeout}s") from None
         if process.returncode != 0:
             raise RuntimeError(
-                f"{' '.join(argv)} failed ({process.returncode}): {stderr.decode(errors='replace')}"
+                f"{what} failed ({process.returncode}): "
+                f"{stderr.decode(errors='replace').strip() or stdout.decode(errors='replace')}"
             )
         return stdout.decode()
 
