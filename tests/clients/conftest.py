@@ -3,12 +3,14 @@ fixture of tests/conftest.py), and against the small servers of `servers.py`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
+from task_gateway_client import AsyncTaskGatewayClient, TaskGatewayClient
 from taskgateway_api.images.v1 import images_pb2
 
 from tests.clients.servers import DroppingProxy, FakeGateway, Script
@@ -44,6 +46,25 @@ async def fake_gateway() -> AsyncIterator[Any]:
     yield start
     for fake in fakes:
         await fake.stop()
+
+
+@pytest.fixture(params=["sync", "async"])
+def call(request: pytest.FixtureRequest) -> Any:
+    """`await call(target, "submit", request, client_args...)`: one call on a fresh client."""
+
+    async def run(target: str, method: str, *args: Any, client: Any = None, **kwargs: Any) -> Any:
+        client_args = client or {}
+        if request.param == "sync":
+
+            def in_thread() -> Any:
+                with TaskGatewayClient(target, **client_args) as sync_client:
+                    return getattr(sync_client, method)(*args, **kwargs)
+
+            return await asyncio.to_thread(in_thread)
+        async with AsyncTaskGatewayClient(target, **client_args) as async_client:
+            return await getattr(async_client, method)(*args, **kwargs)
+
+    return run
 
 
 def generate_request(image_name: str = "warrior", **fields: Any) -> images_pb2.GenerateRequest:

@@ -136,6 +136,14 @@ async def abort_with_status(
     await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
 
 
+async def abort_with_garbled_details(call: Call, context: Context) -> bytes:
+    """A script: the call fails with a grpc-status-details-bin that is no google.rpc.Status (a
+    proxy's mangled trailer)."""
+    trailer = (("grpc-status-details-bin", b"\xff\xff\xff"),)
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "upstream reset", trailer)
+    return b""
+
+
 class ResettingGateway:
     """A gateway whose first `resets` calls are cut off after they arrived, as a server or a
     proxy that resets the stream does (RST_STREAM CANCEL); the later ones get `answer`.

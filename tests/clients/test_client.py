@@ -6,7 +6,6 @@ and with the asyncio client.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from typing import Any
@@ -29,25 +28,6 @@ from tests.support.ports import free_port
 from tests.support.rabbitmq import Topology
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=3)
-
-
-@pytest.fixture(params=["sync", "async"])
-def call(request: pytest.FixtureRequest) -> Any:
-    """`await call(target, "submit", request, client_args...)`: one call on a fresh client."""
-
-    async def run(target: str, method: str, *args: Any, client: Any = None, **kwargs: Any) -> Any:
-        client_args = client or {}
-        if request.param == "sync":
-
-            def in_thread() -> Any:
-                with TaskGatewayClient(target, **client_args) as sync_client:
-                    return getattr(sync_client, method)(*args, **kwargs)
-
-            return await asyncio.to_thread(in_thread)
-        async with AsyncTaskGatewayClient(target, **client_args) as async_client:
-            return await getattr(async_client, method)(*args, **kwargs)
-
-    return run
 
 
 async def test_submit_and_publish_each_land_one_message_with_the_answered_task_id(

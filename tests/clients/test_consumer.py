@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from task_gateway_client import AsyncTaskGatewayClient
 from task_gateway_client.consumer import (
+    ErrorPolicy,
     Task,
     UndecodableMessage,
     consume,
@@ -128,6 +129,27 @@ async def _stop(consuming: asyncio.Task[None]) -> None:
         await consuming
 
 
+async def _consume_failing_once(
+    work_queue: WorkQueue, fail: Callable[[], Awaitable[None]], on_error: ErrorPolicy, what: str
+) -> list[tuple[str, bool]]:
+    """Consume with a handler that fails (by `fail`) on its first delivery and returns on the
+    next, until it returned; (task_id, redelivered) of each delivery. `what`: the hang guard's."""
+    deliveries: list[tuple[str, bool]] = []
+    succeeded = asyncio.Event()
+
+    async def handler(task: Task) -> None:
+        deliveries.append((task.task_id, task.message.redelivered))
+        if len(deliveries) == 1:
+            await fail()
+        succeeded.set()
+
+    consuming = asyncio.create_task(consume(work_queue.queue, handler, on_error=on_error))
+    async with hang_guard(what):
+        await succeeded.wait()
+    await _stop(consuming)
+    return deliveries
+
+
 async def test_consume_acks_a_handled_task_and_dead_letters_an_undecodable_message(
     gateway: RunningGateway, topology: Topology, work_queue: WorkQueue
 ) -> None:
@@ -157,19 +179,13 @@ async def test_a_failed_task_is_requeued_and_acked_once_its_handler_succeeds(
 ) -> None:
     """The handler fails once: the task comes back redelivered, succeeds, and is acked."""
     await work_queue.put_copy(await _published(gateway, topology))
-    deliveries: list[tuple[str, bool]] = []
-    succeeded = asyncio.Event()
 
-    async def handler(task: Task) -> None:
-        deliveries.append((task.task_id, task.message.redelivered))
-        if len(deliveries) == 1:
-            raise RuntimeError("the image service is busy")
-        succeeded.set()
+    async def busy() -> None:
+        raise RuntimeError("the image service is busy")
 
-    consuming = asyncio.create_task(consume(work_queue.queue, handler, on_error=requeue_once))
-    async with hang_guard("the handler succeeded on the redelivered task"):
-        await succeeded.wait()
-    await _stop(consuming)
+    deliveries = await _consume_failing_once(
+        work_queue, busy, requeue_once, "the handler succeeded on the redelivered task"
+    )
 
     ((first_id, first_redelivered), (second_id, second_redelivered)) = deliveries
     assert first_id == second_id
@@ -324,21 +340,15 @@ async def test_a_task_whose_handler_is_cancelled_is_requeued_and_handled_again(
     """A handler that ends in CancelledError did not finish: its task goes back to the queue
     (not to the dead letters, not left unsettled) and is handled again."""
     await work_queue.put(_body("t-1"), message_id="t-1")
-    deliveries: list[tuple[str, bool]] = []
-    succeeded = asyncio.Event()
 
-    async def handler(task: Task) -> None:
-        deliveries.append((task.task_id, task.message.redelivered))
-        if len(deliveries) == 1:
-            inner = asyncio.get_running_loop().create_future()
-            inner.cancel()
-            await inner  # e.g. a cancelled request of the handler's own: CancelledError
-        succeeded.set()
+    async def cancelled() -> None:
+        inner = asyncio.get_running_loop().create_future()
+        inner.cancel()
+        await inner  # e.g. a cancelled request of the handler's own: CancelledError
 
-    consuming = asyncio.create_task(consume(work_queue.queue, handler, on_error=dead_letter))
-    async with hang_guard("the handler got the requeued task again"):
-        await succeeded.wait()
-    await _stop(consuming)
+    deliveries = await _consume_failing_once(
+        work_queue, cancelled, dead_letter, "the handler got the requeued task again"
+    )
 
     assert deliveries == [("t-1", False), ("t-1", True)]
     assert await work_queue.left() == (0, 0)
@@ -352,19 +362,13 @@ async def test_a_task_requeued_by_a_stopping_consumer_still_gets_its_retry(
     await work_queue.put(_body("t-1"), message_id="t-1")
     held = await work_queue.queue.get(timeout=5)  # a consumer took it, then stopped
     await held.reject(requeue=True)
-    deliveries: list[tuple[str, bool]] = []
-    succeeded = asyncio.Event()
 
-    async def handler(task: Task) -> None:
-        deliveries.append((task.task_id, task.message.redelivered))
-        if len(deliveries) == 1:
-            raise ConnectionError("the report service is restarting")
-        succeeded.set()
+    async def restarting() -> None:
+        raise ConnectionError("the report service is restarting")
 
-    consuming = asyncio.create_task(consume(work_queue.queue, handler, on_error=requeue_once))
-    async with hang_guard("the handler succeeded on its retry"):
-        await succeeded.wait()
-    await _stop(consuming)
+    deliveries = await _consume_failing_once(
+        work_queue, restarting, requeue_once, "the handler succeeded on its retry"
+    )
 
     assert deliveries == [("t-1", True), ("t-1", True)]
     assert await work_queue.left() == (0, 0)

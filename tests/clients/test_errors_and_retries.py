@@ -27,7 +27,13 @@ from taskgateway_api.images.v1 import images_pb2
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from tests.clients.conftest import generate_request
-from tests.clients.servers import Call, Context, ResettingGateway, abort_with_status
+from tests.clients.servers import (
+    Call,
+    Context,
+    ResettingGateway,
+    abort_with_garbled_details,
+    abort_with_status,
+)
 
 TASK_KEY = "12345:image-generation:0b5f0a4e-6a8e-5d4c-9a4f-3b2e1d0c9b8a"
 ANSWER = images_pb2.GenerateResponse(task_key=TASK_KEY).SerializeToString()
@@ -208,36 +214,16 @@ def test_tls_settings_that_cannot_work_are_refused_naming_the_setting(tmp_path: 
         TaskGatewayClient("127.0.0.1:1", tls=TLSConfig(ca=tmp_path / "missing.pem"))
 
 
-async def _submit(kind: str, target: str, retry: RetryPolicy) -> str:
-    """One submit on a fresh client, the sync one (in a thread) or the asyncio one."""
-    if kind == "sync":
-
-        def submit() -> str:
-            with TaskGatewayClient(target, retry=retry) as client:
-                return client.submit(generate_request())
-
-        return await asyncio.to_thread(submit)
-    async with AsyncTaskGatewayClient(target, retry=retry) as client:
-        return await client.submit(generate_request())
-
-
-@pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_status_detail_that_does_not_parse_raises_a_task_gateway_error(
-    fake_gateway: Any, kind: str
+    fake_gateway: Any, call: Any
 ) -> None:
     """A grpc-status-details-bin that is no google.rpc.Status (a proxy's mangled trailer) is
     read as no details: the call ends in a TaskGatewayError, not protobuf's DecodeError."""
-
-    async def script(call: Call, context: Context) -> bytes:
-        trailer = (("grpc-status-details-bin", b"\xff\xff\xff"),)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "upstream reset", trailer)
-        return ANSWER
-
-    fake = await fake_gateway(script)
+    fake = await fake_gateway(abort_with_garbled_details)
     retry = RetryPolicy(initial_backoff=0.01, max_attempts=2)
 
     with pytest.raises(TaskGatewayError) as raised:
-        await _submit(kind, fake.address, retry)
+        await call(fake.address, "submit", generate_request(), client={"retry": retry})
 
     # No status came back from the gateway: the request may have arrived.
     assert isinstance(raised.value, OutcomeUnknown)
@@ -259,15 +245,15 @@ def resetting_gateway() -> Any:
         gateway.stop()
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_call_the_server_cut_off_is_retried_with_its_key(
-    resetting_gateway: Any, kind: str
+    resetting_gateway: Any, call: Any
 ) -> None:
     """A CANCELLED the client did not cause (the stream reset after the request arrived) may
     have published the task: it is retried under the same key, and answered the second time."""
     server = resetting_gateway(resets=1)
 
-    task_key = await _submit(kind, server.address, RetryPolicy(initial_backoff=0.01))
+    retry = RetryPolicy(initial_backoff=0.01)
+    task_key = await call(server.address, "submit", generate_request(), client={"retry": retry})
 
     sent = [images_pb2.GenerateRequest.FromString(r).idempotency_key for r in server.requests]
     assert task_key == TASK_KEY

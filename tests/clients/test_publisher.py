@@ -34,7 +34,7 @@ from taskgateway_api.images.v1 import images_pb2
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from tests.clients.conftest import generate_request, task_id, task_ids
-from tests.clients.servers import Call, Context
+from tests.clients.servers import Call, Context, abort_with_garbled_details
 from tests.conftest import ROOT, RunningGateway
 from tests.support.rabbitmq import Topology
 from tests.support.waits import hang_guard
@@ -316,14 +316,6 @@ def test_max_batch_over_the_gateways_cap_is_refused_saying_why() -> None:
             client.publisher(max_batch=1001)
 
 
-async def _garbled_trailer(call: Call, context: Context) -> bytes:
-    """The call fails with a grpc-status-details-bin that is no google.rpc.Status (a proxy's
-    mangled trailer)."""
-    trailer = (("grpc-status-details-bin", b"\xff\xff\xff"),)
-    await context.abort(grpc.StatusCode.UNAVAILABLE, "upstream reset", trailer)
-    return b""
-
-
 async def _garbled_entry(call: Call, context: Context) -> bytes:
     """Every entry answered with an error whose detail does not unpack."""
     garbage = AnyProto(type_url="type.googleapis.com/google.rpc.BadRequest", value=b"\xff\xff")
@@ -333,7 +325,9 @@ async def _garbled_entry(call: Call, context: Context) -> bytes:
     return gateway_pb2.PublishBatchResponse(results=results).SerializeToString()
 
 
-@pytest.mark.parametrize("script", [_garbled_trailer, _garbled_entry], ids=["trailer", "entry"])
+@pytest.mark.parametrize(
+    "script", [abort_with_garbled_details, _garbled_entry], ids=["trailer", "entry"]
+)
 async def test_an_answer_the_client_cannot_read_still_settles_every_task(
     fake_gateway: Any, publishing: Any, script: Any
 ) -> None:

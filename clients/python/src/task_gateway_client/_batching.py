@@ -156,11 +156,12 @@ class Batcher(Generic[Handle]):
         retries = []
         while self._backing_off and self._backing_off[0][0] <= now:
             retries.append(heapq.heappop(self._backing_off)[2])
-        # Retries were published before every ready task, so their deadlines come first: they
-        # go to the front, by deadline (fresh tasks are appended in the order of theirs).
-        retries.sort(key=lambda pending: pending.attempts.deadline)
-        self._ready.extendleft(reversed(retries))
-        self._ready_bytes += sum(pending.size for pending in retries)
+        if retries:
+            # Retries were published before every ready task, so their deadlines come first:
+            # they go to the front, by deadline (fresh tasks are appended in the order of theirs).
+            retries.sort(key=lambda pending: pending.attempts.deadline)
+            self._ready.extendleft(reversed(retries))
+            self._ready_bytes += sum(pending.size for pending in retries)
         step: Step[Handle] = Step()
         settings = self._settings
         while self._ready and (

@@ -292,7 +292,8 @@ async def _run(
     except UndecodableMessage as error:
         log.warning("rejected an undecodable message %s: %s", message.message_id, error)
         return Disposition.DEAD_LETTER
-    task = dataclasses.replace(task, failures=failures.of(task.task_id))
+    if failed := failures.of(task.task_id):  # most tasks never failed: no copy for them
+        task = dataclasses.replace(task, failures=failed)
     try:
         await handler(task)
     except Exception as error:
