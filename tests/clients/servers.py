@@ -96,6 +96,7 @@ class Call:
     request: bytes
     metadata: dict[str, str]
     at: float  # time.monotonic()
+    peer: str  # the client's address, e.g. ipv4:127.0.0.1:41234: one per connection
 
 
 # Answers a call: the response bytes, or raises through context.abort.
@@ -112,7 +113,7 @@ class FakeGateway(_Server):
 
     async def _unary(self, method: str, request: bytes, context: Context) -> bytes:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        call = Call(method, request, metadata, time.monotonic())
+        call = Call(method, request, metadata, time.monotonic(), context.peer())
         self.calls.append(call)
         return await self.script(call, context)
 

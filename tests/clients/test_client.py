@@ -6,8 +6,10 @@ and with the asyncio client.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -20,9 +22,11 @@ from task_gateway_client import (
     TaskGatewayClient,
     Unavailable,
 )
+from taskgateway_api.images.v1 import images_pb2
 from taskgateway_api.taskgateway.v1 import gateway_pb2
 
 from tests.clients.conftest import generate_request, task_id, task_ids
+from tests.clients.servers import Call, Context
 from tests.conftest import RunningGateway
 from tests.support.ports import free_port
 from tests.support.rabbitmq import Topology
@@ -149,6 +153,43 @@ async def test_a_deadline_that_is_no_positive_finite_number_is_refused_naming_it
     async with AsyncTaskGatewayClient("127.0.0.1:1", retry=no_retry) as async_client:
         with pytest.raises(ValueError, match="deadline must be"):
             await async_client.publish("images.generate", "12345", {}, deadline=deadline)
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_calls_take_the_clients_connections_in_turn(
+    fake_gateway: Any, connections: int
+) -> None:
+    """Each call goes out on the next of the client's connections (one by default), so that a
+    client can reach several of the gateway's workers: six calls, 6 / connections on each."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        return images_pb2.GenerateResponse(task_key="12345:image-generation:t").SerializeToString()
+
+    fake = await fake_gateway(script)
+
+    def sync_calls() -> None:
+        with TaskGatewayClient(fake.address, connections=connections) as client:
+            for _ in range(6):
+                client.submit(generate_request())
+
+    await asyncio.to_thread(sync_calls)
+    async with AsyncTaskGatewayClient(fake.address, connections=connections) as async_client:
+        for _ in range(6):
+            await async_client.submit(generate_request())
+
+    sync_peers = Counter(call.peer for call in fake.calls[:6])
+    async_peers = Counter(call.peer for call in fake.calls[6:])
+    assert sorted(sync_peers.values()) == [6 // connections] * connections, sync_peers
+    assert sorted(async_peers.values()) == [6 // connections] * connections, async_peers
+
+
+@pytest.mark.parametrize("connections", [0, -1, 1.5, True, "2"])
+def test_a_connection_count_that_is_no_whole_number_from_one_is_refused_naming_it(
+    connections: Any,
+) -> None:
+    for client_type in (TaskGatewayClient, AsyncTaskGatewayClient):
+        with pytest.raises(ValueError, match=f"connections must be .*got {connections!r}"):
+            client_type("127.0.0.1:1", connections=connections)
 
 
 def test_a_message_that_no_task_rpc_takes_is_refused_before_anything_is_sent() -> None:

@@ -51,7 +51,10 @@ class Publishing:
 
     def __init__(self, kind: str, target: str, **settings: Any) -> None:
         self.kind = kind
-        client_args = {"retry": settings.pop("retry", FAST_RETRY)}
+        client_args = {
+            "retry": settings.pop("retry", FAST_RETRY),
+            "connections": settings.pop("connections", 1),
+        }
         if kind == "sync":
             self.client: Any = TaskGatewayClient(target, **client_args)
         else:
@@ -192,6 +195,23 @@ def _key(entry: gateway_pb2.TaskEntry) -> str:
 
 def _keys(call: Call) -> list[str]:
     return [_key(e) for e in gateway_pb2.PublishBatchRequest.FromString(call.request).entries]
+
+
+async def test_a_publisher_sends_its_batches_over_the_clients_connections_in_turn(
+    fake_gateway: Any, publishing: Any
+) -> None:
+    """On a client with three connections, six one-task batches go two on each connection."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        return _batch_answer(call)
+
+    fake = await fake_gateway(script)
+    publisher = publishing(fake.address, connections=3, max_batch=1, max_latency=0)
+    futures = [await publisher.submit(generate_request(f"image-{i}")) for i in range(6)]
+    await asyncio.gather(*futures)
+
+    per_connection = Counter(call.peer for call in fake.calls)
+    assert sorted(per_connection.values()) == [2, 2, 2], per_connection
 
 
 async def test_a_task_that_failed_in_a_batch_goes_again_alone_with_its_key(

@@ -35,11 +35,12 @@ class AsyncTaskGatewayClient:
         tls: TLSConfig | None = None,
         deadline: float = DEFAULT_DEADLINE,
         retry: RetryPolicy | None = None,
+        connections: int = 1,
     ) -> None:
-        self._connection = connection = Connection.of(tls, token, deadline, retry)
-        self._channel = connection.channel(target, grpc.aio)
+        self._connection = connection = Connection.of(tls, token, deadline, retry, connections)
+        self._channels = connection.channels(target, grpc.aio)
         self._core: ClientCore[grpc.aio.UnaryUnaryMultiCallable[Any, Any], AsyncPublisher] = (
-            ClientCore(connection, self._channel, AsyncPublisher)
+            ClientCore(connection, self._channels, AsyncPublisher)
         )
 
     async def submit(self, request: Message, *, deadline: float | None = None) -> str:
@@ -68,7 +69,7 @@ class AsyncTaskGatewayClient:
         when_full: str = BatchSettings.when_full,
         max_batch_bytes: int = BatchSettings.max_batch_bytes,
     ) -> AsyncPublisher:
-        """A batching publisher on this connection (see AsyncPublisher); closed with the client.
+        """A batching publisher on the client's connections (see AsyncPublisher), closed with it.
 
         The knobs are those of `TaskGatewayClient.publisher`.
         """
@@ -85,7 +86,8 @@ class AsyncTaskGatewayClient:
         """Close the publishers (waiting for their tasks), then the connection."""
         for publisher in self._core.publishers:
             await publisher.close()
-        await self._channel.close(grace=None)
+        for channel in self._channels:
+            await channel.close(grace=None)
 
     async def __aenter__(self) -> AsyncTaskGatewayClient:
         return self

@@ -27,6 +27,10 @@ class TaskGatewayClient:
     `authorization: Bearer <token>`. `deadline` (a positive finite number of seconds) bounds
     each task from the call to its outcome, every retry included; a call's own `deadline=`
     overrides it (None: the client's). `retry` says how to back off between attempts.
+    `connections` is how many connections the client opens, calls taking them in turn: the
+    gateway's worker processes share its port and the kernel spreads connections over them,
+    not calls, so a client that should keep more than one worker busy (a busy publisher)
+    opens as many connections as the gateway has workers, or more.
     """
 
     def __init__(
@@ -37,11 +41,12 @@ class TaskGatewayClient:
         tls: TLSConfig | None = None,
         deadline: float = DEFAULT_DEADLINE,
         retry: RetryPolicy | None = None,
+        connections: int = 1,
     ) -> None:
-        self._connection = connection = Connection.of(tls, token, deadline, retry)
-        self._channel = connection.channel(target, grpc)
+        self._connection = connection = Connection.of(tls, token, deadline, retry, connections)
+        self._channels = connection.channels(target, grpc)
         self._core: ClientCore[grpc.UnaryUnaryMultiCallable[Any, Any], Publisher] = ClientCore(
-            connection, self._channel, Publisher
+            connection, self._channels, Publisher
         )
 
     def submit(self, request: Message, *, deadline: float | None = None) -> str:
@@ -73,7 +78,7 @@ class TaskGatewayClient:
         when_full: str = BatchSettings.when_full,
         max_batch_bytes: int = BatchSettings.max_batch_bytes,
     ) -> Publisher:
-        """A batching publisher on this connection (see Publisher); closed with the client.
+        """A batching publisher on the client's connections (see Publisher), closed with it.
 
         A task waits up to `max_latency` seconds for others to share a PublishBatch call of at
         most `max_batch` tasks (1000 at most: the gateway refuses larger batches by default)
@@ -93,7 +98,8 @@ class TaskGatewayClient:
         """Close the publishers (waiting for their tasks), then the connection."""
         for publisher in self._core.publishers:
             publisher.close()
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> TaskGatewayClient:
         return self

@@ -80,21 +80,32 @@ class Connection:
     metadata: tuple[tuple[str, str], ...]  # sent with every call
     deadline: float
     retry: RetryPolicy
+    connections: int  # how many connections to the gateway the client opens
 
     @classmethod
     def of(
-        cls, tls: TLSConfig | None, token: str | None, deadline: float, retry: RetryPolicy | None
+        cls,
+        tls: TLSConfig | None,
+        token: str | None,
+        deadline: float,
+        retry: RetryPolicy | None,
+        connections: int = 1,
     ) -> Connection:
         return cls(
             credentials=None if tls is None else tls.credentials(),
-            arguments=_channel_arguments(tls),
+            arguments=_channel_arguments(tls, _checked_connections(connections)),
             metadata=_auth_metadata(token),
             deadline=_checked_deadline(deadline),
             retry=retry or RetryPolicy(),
+            connections=connections,
         )
 
-    def channel(self, target: str, api: ChannelApi[ChannelT_co]) -> ChannelT_co:
-        """A channel to `target` with these settings, made by `api` (`grpc` or `grpc.aio`)."""
+    def channels(self, target: str, api: ChannelApi[ChannelT_co]) -> list[ChannelT_co]:
+        """The client's channels to `target`, one per connection, made by `api` (`grpc` or
+        `grpc.aio`)."""
+        return [self._channel(target, api) for _ in range(self.connections)]
+
+    def _channel(self, target: str, api: ChannelApi[ChannelT_co]) -> ChannelT_co:
         if self.credentials is None:
             return api.insecure_channel(target, options=self.arguments)
         return api.secure_channel(target, self.credentials, options=self.arguments)
@@ -116,7 +127,14 @@ def _checked_deadline(deadline: float) -> float:
     return deadline
 
 
-def _channel_arguments(tls: TLSConfig | None) -> tuple[tuple[str, Any], ...]:
+def _checked_connections(connections: int) -> int:
+    """`connections`, if it is a whole number from 1; else a ValueError naming it."""
+    if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
+        raise ValueError(f"connections must be a whole number from 1 up, got {connections!r}")
+    return connections
+
+
+def _channel_arguments(tls: TLSConfig | None, connections: int) -> tuple[tuple[str, Any], ...]:
     """The channel's options: who we are, and the name to verify when overridden."""
     options: list[tuple[str, Any]] = [
         ("grpc.primary_user_agent", _user_agent()),
@@ -125,6 +143,10 @@ def _channel_arguments(tls: TLSConfig | None) -> tuple[tuple[str, Any], ...]:
         # keep a client failing long after a gateway restart. 5 s at most.
         ("grpc.max_reconnect_backoff_ms", 5000),
     ]
+    if connections > 1:
+        # Channels with the same target and options share one connection through grpc's
+        # global subchannel pool; a pool of their own gives each its own connection.
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
     return tuple(options)
