@@ -340,9 +340,12 @@ async def sdk(
     name: str,
     client: str,
     processes: int,
+    connections: int,
 ) -> LoadResult:
-    """bench/sdk_driver.py: `processes` SDK batching publishers, each as fast as it goes."""
+    """bench/sdk_driver.py: `processes` SDK batching publishers, each as fast as it goes on a
+    client of `connections` connections."""
     argv = ["--address", target.address, "--client", client, "--processes", str(processes)]
+    argv += ["--connections", str(connections)]
     argv += ["--warmup", str(warmup), "--duration", str(seconds)]
     if target.token:
         argv += ["--token", target.token]

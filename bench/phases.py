@@ -56,6 +56,7 @@ class Settings:
     gateway_args: tuple[str, ...] = ()
     sdk_client: str = "async"  # bench/sdk_driver.py --client
     sdk_processes: int = 2  # bench/sdk_driver.py --processes
+    sdk_connections: int = 2  # bench/sdk_driver.py --connections (of each process's client)
 
 
 @dataclass
@@ -476,6 +477,7 @@ class SdkPhase(Phase):
             name=f"{self.key}.peak",
             client=s.sdk_client,
             processes=s.sdk_processes,
+            connections=s.sdk_connections,
         )
 
 
@@ -550,7 +552,9 @@ def phases(settings: Settings) -> list[Phase]:
             floor="grpc",
         ),
         # Few calls in flight: each carries `batch` tasks, and broker.max_in_flight (4096)
-        # bounds the publishes awaiting confirms.
+        # bounds the publishes awaiting confirms. One call per connection: the kernel spreads
+        # connections over the workers, and 8 of them leave one worker idle once in 128 runs,
+        # 2 of them once in 2 (docs/performance.md, "Workers and connections").
         GrpcPhase(
             "grpc.batch",
             f"gateway gRPC PublishBatch x{batch}",
@@ -558,8 +562,8 @@ def phases(settings: Settings) -> list[Phase]:
             method="/taskgateway.v1.TaskGatewayService/PublishBatch",
             messages=lambda ctx: [payloads.batch_request(batch)],
             msgs_per_request=batch,
-            clients=2,
-            streams=4,
+            clients=8,
+            streams=1,
             compare=many,
         ),
         GrpcPhase(
@@ -570,13 +574,14 @@ def phases(settings: Settings) -> list[Phase]:
             stream=True,
             messages=lambda ctx: payloads.stream_requests(stream),
             msgs_per_request=stream,
-            clients=2,
-            streams=4,
+            clients=8,
+            streams=1,
             compare=many,
         ),
         SdkPhase(
             "sdk.publisher",
-            f"SDK batching publisher ({settings.sdk_client}, {settings.sdk_processes} proc)",
+            f"SDK batching publisher ({settings.sdk_client}, {settings.sdk_processes} proc"
+            f" x {settings.sdk_connections} conn)",
             server=gateway,
             compare=(*many, ("grpc.batch", None)),
         ),

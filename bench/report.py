@@ -16,6 +16,9 @@ from bench.phases import GrpcPhase, Phase, PhaseResult
 CPU_OVER_FLOOR = 1.15  # CPU per task at most this multiple of the Python floor
 P99_OVER_BROKER_MS = 5.0  # p99 at half peak at most the broker's own p99 at that rate + this
 PEAK_RSS_MB = 150.0  # the default workers together
+# A share of a several-process server's CPU taken by one process that says the load never
+# reached the others: the kernel put every connection on one worker (SO_REUSEPORT).
+ONE_WORKER_SHARE = 0.9
 
 # The Python floors: a no-broker server's CPU per call + raw aiormq's per confirmed message.
 FLOORS = {"grpc": ("baseline.echo", "grpc.aio Echo"), "rest": ("floor.rest", "bare aiohttp")}
@@ -171,6 +174,19 @@ def verdicts(
                 f"{len(r.peak_rss_each_mb)} process(es) (target <= {PEAK_RSS_MB:g} MB): {mark}"
             )
     return lines
+
+
+def one_worker_warnings(results: list[PhaseResult]) -> list[str]:
+    """Rows of a several-process server whose load one process took nearly all of."""
+    return [
+        f"WARNING {r.key}: one of the server's {len(r.peak_rss_each_mb)} processes took "
+        f"{r.cpu['server_max']:.1f}% of their {r.cpu['server']:.1f}% CPU: the kernel put every "
+        "connection on it (SO_REUSEPORT), so this row measured one worker"
+        for r in results
+        if len(r.peak_rss_each_mb) > 1
+        and r.cpu.get("server", 0.0) > 0
+        and r.cpu.get("server_max", 0.0) >= ONE_WORKER_SHARE * r.cpu["server"]
+    ]
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:

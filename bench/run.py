@@ -113,7 +113,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sdk-processes",
         type=int,
         default=2,
-        help="sdk.publisher: publisher processes, one client (one connection) each",
+        help="sdk.publisher: publisher processes, one client each",
+    )
+    p.add_argument(
+        "--sdk-connections",
+        type=int,
+        default=2,
+        help="sdk.publisher: connections of each process's client (its calls take them in turn)",
     )
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--stream-size", type=int, default=100)
@@ -215,6 +221,7 @@ def bench_settings(args: argparse.Namespace) -> Settings:
         gateway_args=gateway_args,
         sdk_client=args.sdk_client,
         sdk_processes=args.sdk_processes,
+        sdk_connections=args.sdk_connections,
     )
 
 
@@ -245,7 +252,8 @@ def load_settings_text(
         "confirm",
         f"SDK peak:    bench/sdk_driver.py --client {settings.sdk_client} --processes "
         f"{settings.sdk_processes}: client.publisher(max_batch=100, max_latency=0.01, "
-        "max_outstanding=1000) kept full, one client (one connection) per process",
+        f"max_outstanding=1000) kept full, one client of {settings.sdk_connections} connections "
+        "per process",
         "peers:       ../shared/baselines/peers built by bench/setup_peers.py, their defaults "
         "(Node: one process per CPU; Go: one process), the gRPC and REST rows' settings",
         "auth rows:   the gateway with AUTH__MODE=required and one client (a token, "
@@ -417,6 +425,7 @@ def warnings_of(setup: Setup, ordered: list[PhaseResult]) -> list[str]:
         for r in ordered
         if r.cpu.get("other", 0.0) > OTHER_CPU_WARNING
     ]
+    warnings += report.one_worker_warnings(ordered)
     if setup.idle_busy > OTHER_CPU_WARNING:
         warnings.insert(
             0,

@@ -1,7 +1,8 @@
 """Publish tasks through the Python SDK's batching publisher, as a service would.
 
     python -m bench.sdk_driver --address HOST:PORT --duration 10 --warmup 2 \
-        [--client async|sync] [--processes P] [--max-batch 100] [--max-outstanding 1000]
+        [--client async|sync] [--processes P] [--connections C] [--max-batch 100] \
+        [--max-outstanding 1000]
 
 Each of P processes opens one client (`task_gateway_client`, imported from clients/python/src)
 and one `client.publisher(...)`, and submits the bench's typed task (images.v1 GenerateRequest)
@@ -10,11 +11,13 @@ as fast as the publisher takes it: `submit` returns a future at once and waits o
 calls of `max_batch` tasks. At the end of the window it stops submitting and flushes: every
 future has its outcome, so the success count is exact (the queue count must equal it).
 
-One process is one gRPC connection, i.e. one gateway worker (the kernel spreads connections,
-not calls, over the workers' SO_REUSEPORT sockets): `--processes 2` lets a two-worker gateway
-use both. The processes start together and share the measured window; latency is per task,
-from `submit` to its outcome. The output is bench/pydriver.py's: BENCH_MEASURE_START and
-BENCH_MEASURE_END at the window's edges (printed by the parent), then one `BENCH_JSON {...}`.
+Each client opens C connections (`connections=C`), its calls taking them in turn. A connection
+is served by one gateway worker: the kernel spreads connections, not calls, over the workers'
+SO_REUSEPORT sockets, by a hash of their addresses, so two connections to two workers land on
+one worker about half the time (docs/performance.md, "Workers and connections"). The processes
+start together and share the measured window; latency is per task, from `submit` to its
+outcome. The output is bench/pydriver.py's: BENCH_MEASURE_START and BENCH_MEASURE_END at the
+window's edges (printed by the parent), then one `BENCH_JSON {...}`.
 """
 
 from __future__ import annotations
@@ -127,7 +130,9 @@ def run_async(args: argparse.Namespace, origin: float) -> dict[str, Any]:
 
     async def main() -> None:
         request = generate_request()
-        async with AsyncTaskGatewayClient(args.address, token=args.token) as client:
+        async with AsyncTaskGatewayClient(
+            args.address, token=args.token, connections=args.connections
+        ) as client:
             publisher = client.publisher(
                 max_batch=args.max_batch,
                 max_latency=args.max_latency,
@@ -155,7 +160,7 @@ def run_sync(args: argparse.Namespace, origin: float) -> dict[str, Any]:
     records: list[Record] = []  # list.append is atomic under the GIL
     cpu: list[float] = []
     request = generate_request()
-    with TaskGatewayClient(args.address, token=args.token) as client:
+    with TaskGatewayClient(args.address, token=args.token, connections=args.connections) as client:
         publisher = client.publisher(
             max_batch=args.max_batch,
             max_latency=args.max_latency,
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="bearer token, when the gateway requires one")
     parser.add_argument("--client", choices=["async", "sync"], default="async")
     parser.add_argument("--processes", type=int, default=1, help="publishers, one process each")
+    parser.add_argument("--connections", type=int, default=1, help="connections of each client")
     parser.add_argument("--max-batch", type=int, default=100)
     parser.add_argument("--max-latency", type=float, default=0.01)
     parser.add_argument("--max-outstanding", type=int, default=1000)

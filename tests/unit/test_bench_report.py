@@ -87,3 +87,23 @@ def test_p99_at_half_peak_is_held_to_the_brokers_own_p99_plus_5_ms() -> None:
     (missed,) = [v for v in report.verdicts([phase], over, {}) if v.startswith("  latency")]
     assert ok.endswith("met")
     assert missed.endswith("MISSED")
+
+
+def test_a_row_whose_load_one_worker_took_is_flagged_and_a_shared_one_is_not() -> None:
+    """The kernel spreads connections, not calls: a row where one of two workers did nearly all
+    the work measured one worker, and the run says so (the stream row of one run: 99.8 of 100)."""
+    two = {1: 70.0, 2: 62.0}
+    one_worker = row(
+        "grpc.stream", 0.2, peak_rss_each_mb=two, cpu={"server": 100.0, "server_max": 99.8}
+    )
+    shared = row(
+        "grpc.batch", 0.14, peak_rss_each_mb=two, cpu={"server": 102.4, "server_max": 52.0}
+    )
+    single = row("baseline.grpc", 0.44, peak_rss_each_mb={1: 54.0}, cpu={"server": 107.0})
+
+    (warning,) = report.one_worker_warnings([one_worker, shared, single])
+
+    assert warning.startswith(
+        "WARNING grpc.stream: one of the server's 2 processes took 99.8% of their 100.0% CPU"
+    )
+    assert "measured one worker" in warning
