@@ -183,6 +183,26 @@ async def test_calls_take_the_clients_connections_in_turn(
     assert sorted(async_peers.values()) == [6 // connections] * connections, async_peers
 
 
+async def test_calls_to_a_target_of_several_addresses_reach_each_of_them(
+    fake_gateway: Any,
+) -> None:
+    """A target naming several gateways (as a headless Service's name does) spreads calls over
+    all of them (round_robin), rather than sending every call to the first (pick_first)."""
+
+    async def script(call: Call, context: Context) -> bytes:
+        return images_pb2.GenerateResponse(task_key="12345:image-generation:t").SerializeToString()
+
+    fakes = [await fake_gateway(script) for _ in range(2)]
+    target = "ipv4:" + ",".join(fake.address for fake in fakes)
+    async with AsyncTaskGatewayClient(target) as client:
+        for _ in range(200):  # until both got a call: the second may connect a little later
+            await client.submit(generate_request())
+            if all(fake.calls for fake in fakes):
+                break
+
+    assert [bool(fake.calls) for fake in fakes] == [True, True], [len(f.calls) for f in fakes]
+
+
 @pytest.mark.parametrize("connections", [0, -1, 1.5, True, "2"])
 def test_a_connection_count_that_is_no_whole_number_from_one_is_refused_naming_it(
     connections: Any,

@@ -142,6 +142,9 @@ def _channel_arguments(tls: TLSConfig | None, connections: int) -> tuple[tuple[s
         # grpc reconnects; its own reconnect backoff grows to 120 s by default, which would
         # keep a client failing long after a gateway restart. 5 s at most.
         ("grpc.max_reconnect_backoff_ms", 5000),
+        # A name with several addresses (a headless Kubernetes Service: one per gateway pod)
+        # gets its calls spread over all of them, not sent to the first that answered.
+        ("grpc.lb_policy_name", "round_robin"),
     ]
     if connections > 1:
         # Channels with the same target and options share one connection through grpc's

@@ -132,11 +132,13 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 # channel lost before the confirm, an exchange deleted under a publish in flight, a shutdown
 # cutting a publish off). Its other UNAVAILABLE answers come before anything was sent.
 _UNKNOWN_OUTCOME_WORDING = "the outcome is unknown"
-# grpc's own wordings when it never reached the server, no connection made ("failed to connect
-# to all addresses") or the target's name not resolved (grpc 1.85's "errors resolving <target>",
-# older releases' "DNS resolution failed"): no request left the client.
+# grpc's own wordings when it never reached the server, no connection made (pick_first's
+# "failed to connect to all addresses", round_robin's "connections to all backends failing")
+# or the target's name not resolved (grpc 1.85's "errors resolving <target>", older releases'
+# "DNS resolution failed"): no request left the client.
 _NOT_CONNECTED_WORDINGS = (
     "failed to connect to all addresses",
+    "connections to all backends failing",
     "errors resolving",
     "DNS resolution failed",
 )
