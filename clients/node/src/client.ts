@@ -24,6 +24,12 @@ export interface ClientOptions {
   deadlineMs?: number;
   /** Overrides of the retry policy (see DEFAULT_RETRY). */
   retry?: Partial<RetryPolicy>;
+  /**
+   * How many HTTP/2 connections the client opens (default 1); its calls take them in turn. The
+   * gateway's workers share its port and the kernel spreads connections over them, not calls:
+   * a client that should keep several workers busy opens at least as many connections.
+   */
+  connections?: number;
 }
 
 export interface CallOptions {
@@ -55,7 +61,7 @@ export class TaskGatewayClient {
   constructor(target: string, options: ClientOptions = {}) {
     this.#retry = retryPolicy(options.retry);
     this.#deadlineMs = checkDeadline(options.deadlineMs ?? DEFAULT_DEADLINE_MS, "deadlineMs");
-    this.#connection = connect(target, options.tls, options.token);
+    this.#connection = connect(target, options.tls, options.token, options.connections);
   }
 
   /**
@@ -90,7 +96,7 @@ export class TaskGatewayClient {
   }
 
   /**
-   * Close the connection. Calls under way reject at once, in an attempt or a backoff, with a
+   * Close the connections. Calls under way reject at once, in an attempt or a backoff, with a
    * CANCELLED "the client was closed" (an OutcomeUnknown if an attempt may have published the
    * task); later calls are refused with it.
    */
@@ -124,13 +130,9 @@ export class TaskGatewayClient {
     try {
       return await withRetries(
         async (timeoutMs, signal) => {
-          const response = await this.#connection.transport.unary(
-            method,
-            signal,
-            timeoutMs,
-            undefined,
-            request,
-          );
+          const response = await this.#connection
+            .next()
+            .unary(method, signal, timeoutMs, undefined, request);
           // Every task RPC's response has a task_key: Publish's, and those tasks.ts keeps.
           return (response.message as unknown as { taskKey: string }).taskKey;
         },

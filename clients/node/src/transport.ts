@@ -1,5 +1,5 @@
 /**
- * The connection to a gateway: gRPC over HTTP/2 (connect-node's gRPC transport, on Node's own
+ * The connections to a gateway: gRPC over HTTP/2 (connect-node's gRPC transport, on Node's own
  * `http2`), plaintext or TLS with an optional client certificate, and the bearer token sent
  * with every call.
  */
@@ -17,16 +17,23 @@ export interface TlsOptions {
 }
 
 export interface Connection {
-  readonly transport: Transport;
-  /** Close the HTTP/2 connection, cancelling the calls still on it. */
+  /** The transport of the next call: the connections take the calls in turn. */
+  next(): Transport;
+  /** Close the HTTP/2 connections, cancelling the calls still on them. */
   close(): void;
 }
 
-/** A connection to `target` ("host:port"), opened on the first call. */
+/**
+ * `connections` HTTP/2 connections to `target` ("host:port"), each opened on its first call.
+ *
+ * The gateway's worker processes share its port, and the kernel spreads connections over
+ * them, not calls: one connection keeps a client on one worker.
+ */
 export function connect(
   target: string,
   tls: TlsOptions | undefined,
   token: string | undefined,
+  connections = 1,
 ): Connection {
   if (typeof target !== "string" || !/^(\[[0-9a-fA-F:.]+\]|[^\s:/[\]]+):\d+$/.test(target)) {
     throw new TypeError(
@@ -44,12 +51,24 @@ export function connect(
         "control characters or non-ASCII)",
     );
   }
+  if (!Number.isInteger(connections) || connections < 1) {
+    throw new TypeError(`connections must be an integer >= 1, got ${String(connections)}`);
+  }
   const baseUrl = `${tls === undefined ? "http" : "https"}://${target}`;
-  const sessions = new Http2SessionManager(baseUrl, {}, tls === undefined ? {} : { ...tls });
   const interceptors: Interceptor[] = token === undefined ? [] : [bearer(token)];
+  const sessions = Array.from(
+    { length: connections },
+    () => new Http2SessionManager(baseUrl, {}, tls === undefined ? {} : { ...tls }),
+  );
+  const transports = sessions.map((sessionManager) =>
+    createGrpcTransport({ baseUrl, sessionManager, interceptors }),
+  );
+  let turn = 0;
   return {
-    transport: createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors }),
-    close: () => sessions.abort(),
+    next: () => transports[turn++ % transports.length] as Transport,
+    close: () => {
+      for (const session of sessions) session.abort();
+    },
   };
 }
 

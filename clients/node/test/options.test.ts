@@ -33,6 +33,15 @@ describe("bad options and requests", () => {
     );
   });
 
+  it("a connection count that is no integer from 1 is refused, naming connections", () => {
+    for (const connections of [0, -1, 1.5, Number.NaN]) {
+      assert.throws(
+        () => new TaskGatewayClient("localhost:1", { connections }),
+        new RegExp(`^TypeError: connections must be an integer >= 1, got ${String(connections)}`),
+      );
+    }
+  });
+
   it("a token that is not visible ASCII is refused, naming token and not showing it", () => {
     for (const token of ["", "tök€n", "abc ", "a b", "a\u0000b", "a\tb", "a\r\nb"]) {
       assert.throws(

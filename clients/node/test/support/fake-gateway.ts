@@ -34,6 +34,8 @@ export class FakeGateway {
   readonly calls: Call[] = [];
   /** The subject CN of the client certificate of each TLS connection that presented one. */
   readonly clientNames: string[] = [];
+  /** How many calls each client connection (HTTP/2 session) brought, in the order they came. */
+  readonly callsPerConnection: number[] = [];
 
   private constructor(
     private readonly server: http2.Http2Server | http2.Http2SecureServer,
@@ -69,6 +71,13 @@ export class FakeGateway {
             handler,
           );
     fake = new FakeGateway(server, answers);
+    const perConnection = fake.callsPerConnection;
+    server.on("session", (session) => {
+      const connection = perConnection.push(0) - 1;
+      session.on("stream", () => {
+        perConnection[connection] = (perConnection[connection] ?? 0) + 1;
+      });
+    });
     server.on("secureConnection", (socket) => {
       const subject = socket.getPeerCertificate().subject;
       if (subject?.CN !== undefined) fake?.clientNames.push(String(subject.CN));
