@@ -150,13 +150,20 @@ async def _run_to_end(child: procs.Child, timeout: float) -> None:
         await procs.stop(child)
 
 
-def _latency_percentiles(log_file: Path) -> tuple[float | None, float | None]:
-    """p50, p99 (ms) of the 200 rows of an h2load --log-file (start, status, duration us)."""
-    seconds = []
+def _latency_percentiles(
+    log_file: Path, skip_seconds: float = 0.0
+) -> tuple[float | None, float | None]:
+    """p50, p99 (ms) of the 200 rows of an h2load --log-file (start and duration in us), but
+    for those that started in its first `skip_seconds`."""
+    rows = []
     for line in log_file.read_text().splitlines():
         cols = line.split("\t")
         if len(cols) >= 3 and cols[1] == "200":
-            seconds.append(int(cols[2]) / 1e6)
+            rows.append((int(cols[0]), int(cols[2]) / 1e6))
+    if rows and skip_seconds:
+        after = min(start for start, _ in rows) + skip_seconds * 1e6
+        rows = [row for row in rows if row[0] >= after]
+    seconds = [duration for _, duration in rows]
     return percentile(seconds, 50), percentile(seconds, 99)
 
 
@@ -168,8 +175,15 @@ async def h2load(
     name: str,
     clients: int | None = None,
     streams: int | None = None,
+    rate: float | None = None,
+    skip_seconds: float = 0.0,
 ) -> LoadResult:
-    """h2load -D seconds against a gRPC method, the body file as the request."""
+    """h2load -D seconds against a gRPC method, the body file as the request.
+
+    Closed loop (each stream sends again when answered), or with `rate` open loop: requests at
+    that rate in all (`--rps`, spread over the clients), `streams` bounding how many may wait
+    for their answer on a connection. The latency percentiles leave out the requests started in
+    the first `skip_seconds`."""
     assert tools.h2load
     assert target.body_file
     c, m = clients or tools.h2load_clients, streams or tools.h2load_streams
@@ -197,6 +211,8 @@ async def h2load(
         str(log_file),
         f"http://{host}:{port}{target.method}",
     ]
+    if rate is not None:
+        argv[1:1] = ["--rps", f"{rate / c:.3f}"]
     if cpu:
         cpu.start()
     child = await procs.spawn(name, argv, log_dir=tools.log_dir)
@@ -217,7 +233,7 @@ async def h2load(
     errors = {"failed": failed, "errored": errored, "timeout": timeout}
     if status:
         errors |= {"3xx": int(status[2]), "4xx": int(status[3]), "5xx": int(status[4])}
-    p50, p99 = _latency_percentiles(log_file)
+    p50, p99 = _latency_percentiles(log_file, skip_seconds)
     return LoadResult(
         tool="h2load",
         command=shlex.join(argv),

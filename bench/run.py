@@ -259,9 +259,13 @@ def load_settings_text(
         "auth rows:   the gateway with AUTH__MODE=required and one client (a token, "
         "rate_per_second 1e6): h2load -H / the wrk script / the drivers send "
         "'authorization: Bearer <token>'",
-        "half peak:   bench/pydriver.py open loop at half the row's peak rate, uniform "
-        f"schedule, latency from the due time; gRPC {tools.h2load_clients} channels, "
-        f"REST {tools.wrk_connections} connections",
+        "half peak:   open loop at half the row's peak rate, uniform schedule, the first "
+        "second left out: unary gRPC rows h2load --rps on "
+        f"{tools.h2load_clients} connections, 100 streams each, so that each request goes "
+        "when it is due; batch, stream and REST rows bench/pydriver.py (its CPU is per call; "
+        "wrk has no open loop), on the row's gRPC connections or "
+        f"{tools.wrk_connections} REST connections, latency from the due time; without "
+        "h2load, bench/pydriver.py for all",
         f"durations:   warm-up {settings.warmup} s (h2load/wrk: a run of its own, then purge; "
         f"pydriver: same process, counted), peak {settings.duration} s, half peak 1 s + "
         f"{settings.half_duration} s; a fresh server process per row",

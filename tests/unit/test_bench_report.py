@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench import report
+from pathlib import Path
+
+from bench import loadgen, report
 from bench.loadgen import LoadResult
 from bench.phases import GrpcPhase, PhaseResult, RawPhase
 from bench.servers import Gateway
@@ -107,3 +109,16 @@ def test_a_row_whose_load_one_worker_took_is_flagged_and_a_shared_one_is_not() -
         "WARNING grpc.stream: one of the server's 2 processes took 99.8% of their 100.0% CPU"
     )
     assert "measured one worker" in warning
+
+
+def test_h2load_latency_leaves_out_the_first_seconds_and_failed_requests(tmp_path: Path) -> None:
+    """The half-peak run's first second (connections opening) is not part of its latency."""
+    log = tmp_path / "run.h2load.tsv"
+    start = 1_796_158_918_000_000  # us, as h2load writes it
+    rows = [(start + i, 200, 900_000) for i in range(5)]  # slow, while connecting: left out
+    rows += [(start + 1_000_000 + i * 1_000, 200, 5_000) for i in range(99)]
+    rows += [(start + 1_200_000, 503, 50_000)]  # not answered 200: not counted
+    log.write_text("".join(f"{s}\t{status}\t{us}\n" for s, status, us in rows))
+
+    assert loadgen._latency_percentiles(log, skip_seconds=1) == (5.0, 5.0)
+    assert loadgen._latency_percentiles(log) == (5.0, 900.0)
