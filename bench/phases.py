@@ -367,8 +367,8 @@ class GrpcPhase(Phase):
     async def half_run(
         self, ctx: Context, server: Server | None, target: Target, rate: float
     ) -> LoadResult:
-        """A row of one task per call: open loop through h2load, whose CPU per request is a
-        tenth of the Python driver's. At a two-worker half peak the driver took a third of a
+        """A row of one task per call: open loop through h2load, whose CPU per request is under
+        a tenth of the Python driver's. At a two-worker half peak the driver took a third of a
         core from the machine the gateway and the broker share, and doubled the p99 it
         measured (docs/performance.md, "The tail at half the peak rate"). Up to HALF_STREAMS
         streams wait on a connection, so that a request is sent when it is due and its latency
