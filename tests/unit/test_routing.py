@@ -9,7 +9,7 @@ from taskgateway_api.videos.v1 import videos_pb2
 from gateway.config import RouteSettings
 from gateway.contracts.files import CONTRACT_FILES
 from gateway.contracts.routing import RouteTable, build_route_table
-from gateway.errors import Code, ConfigError, GatewayError
+from gateway.errors import Code, ConfigError
 
 TYPED = {
     "images.generate": ("images.tasks", "image-generation", images_pb2.GeneratePayload),
@@ -104,25 +104,16 @@ def test_colon_in_service_name_is_refused() -> None:
         )
 
 
-def test_resolve_returns_the_route() -> None:
-    """resolve() returns the route of a known task type."""
-    table = build_route_table(CONTRACT_FILES, [])
-
-    assert table.resolve("videos.animate") is table["videos.animate"]
-
-
 @pytest.mark.parametrize(
     ("task_type", "description"),
     [("images.upscale", "unknown task type 'images.upscale'"), ("", "must not be empty")],
 )
-def test_resolve_unknown_task_type_lists_known_ones(task_type: str, description: str) -> None:
+def test_unknown_task_type_lists_known_ones(task_type: str, description: str) -> None:
     """An unknown or empty task type is INVALID_ARGUMENT on field task_type listing known ones."""
     table = build_route_table(CONTRACT_FILES, [])
 
-    with pytest.raises(GatewayError) as caught:
-        table.resolve(task_type)
+    error = table.unknown(task_type)
 
-    error = caught.value
     known = "images.edit, images.generate, videos.animate, videos.generate"
     assert error.code is Code.INVALID_ARGUMENT
     assert description in error.message
@@ -131,9 +122,9 @@ def test_resolve_unknown_task_type_lists_known_ones(task_type: str, description:
     assert known in error.violations[0].description
 
 
-def test_empty_table_resolves_nothing() -> None:
+def test_empty_table_knows_no_task_type() -> None:
     """A table with no routes refuses every task type as INVALID_ARGUMENT."""
-    with pytest.raises(GatewayError) as caught:
-        RouteTable([]).resolve("images.generate")
+    table = RouteTable([])
 
-    assert caught.value.code is Code.INVALID_ARGUMENT
+    assert "images.generate" not in table
+    assert table.unknown("images.generate").code is Code.INVALID_ARGUMENT

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from taskgateway_api.taskgateway.v1 import options_pb2
 
 from gateway.config import RouteSettings
-from gateway.errors import Code, ConfigError, FieldViolation, GatewayError
+from gateway.errors import Code, ConfigError, FieldViolation, GatewayError, clip
 
 __all__ = ["Route", "RouteTable", "build_route_table", "typed_routes"]
 
@@ -64,17 +64,15 @@ class RouteTable(Mapping[str, Route]):
     def __len__(self) -> int:
         return len(self._routes)
 
-    def resolve(self, task_type: str) -> Route:
-        """The route of a task type a client named, or INVALID_ARGUMENT listing the known ones."""
-        route = self._routes.get(task_type)
-        if route is None:
-            raise self.unknown(task_type)
-        return route
-
     def unknown(self, task_type: str, visible: Callable[[str], bool] | None = None) -> GatewayError:
-        """INVALID_ARGUMENT for a task type the caller may not name, listing those it may."""
+        """INVALID_ARGUMENT for a task type the caller may not name, listing those it may.
+
+        The error quotes the task type cut short (`clip`): a client may send a megabyte of it.
+        """
         known = ", ".join(t for t in self.task_types if visible is None or visible(t))
-        description = "must not be empty" if not task_type else f"unknown task type {task_type!r}"
+        description = (
+            "must not be empty" if not task_type else f"unknown task type {clip(task_type)!r}"
+        )
         return GatewayError(
             Code.INVALID_ARGUMENT,
             f"task_type: {description}; known task types: {known}",

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["CallContext", "PeerIdentity", "TraceContext", "Transport"]
+__all__ = ["Authenticate", "CallContext", "PeerIdentity", "TraceContext", "Transport"]
 
 Transport = Literal["grpc", "http"]
 
@@ -169,3 +169,8 @@ class CallContext:
     def remaining(self) -> float | None:
         """Seconds left before the deadline (0 when past it), or None without one."""
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+
+# Authenticates a call for what is outside the middleware seam (reflection, the REST shim
+# before it reads a body): sets the call's client, or raises UNAUTHENTICATED.
+Authenticate = Callable[[CallContext], object]

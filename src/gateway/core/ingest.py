@@ -26,7 +26,7 @@ from gateway.core import tasks
 from gateway.core.context import CallContext
 from gateway.core.metrics import IN_FLIGHT, IN_FLIGHT_LIMIT
 from gateway.core.middleware import Middleware, Outcome, visibility
-from gateway.errors import Code, FieldViolation, GatewayError, clip, invalid_argument
+from gateway.errors import Code, FieldViolation, GatewayError, invalid_argument
 
 __all__ = ["UNKNOWN_TASK_TYPE", "Accepted", "Ingestor", "Publication", "TaskRequest"]
 
@@ -241,9 +241,8 @@ class Ingestor:
         visible = self._visible
         route = self.routes.get(request.task_type)
         if route is None:
-            # The error quotes the task type: cut short, as a client may send a megabyte of it.
             shown = None if visible is None else lambda t: visible(call, t)
-            raise self.routes.unknown(clip(request.task_type), shown)
+            raise self.routes.unknown(request.task_type, shown)
         violations = validation.check_user_id(request.user_id)
         violations += validation.check_idempotency_key(request.idempotency_key)
         payload, payload_violations = _render_payload(route, request.payload)

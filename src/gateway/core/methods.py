@@ -221,9 +221,7 @@ class Methods(Mapping[str, Method]):
         shown = None if visible is None else lambda t: visible(context, t)
         if request.task_type not in routes or (shown is not None and not shown(request.task_type)):
             # A resource that is not there (for this caller), not a bad argument.
-            # The message quotes the task type: cut short, a client may send a megabyte of it.
-            unknown = routes.unknown(clip(request.task_type), shown)
-            raise GatewayError(Code.NOT_FOUND, unknown.message)
+            raise GatewayError(Code.NOT_FOUND, routes.unknown(request.task_type, shown).message)
         response = gateway_pb2.GetTaskTypeSchemaResponse(task_type=request.task_type)
         response.json_schema.update(self._payload_schemas[request.task_type])
         return response

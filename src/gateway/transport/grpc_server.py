@@ -11,14 +11,13 @@ open as long as its client likes: so open Watch streams are capped at a tenth of
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.config import GrpcSettings
-from gateway.core.context import CallContext
+from gateway.core.context import Authenticate
 from gateway.core.methods import Methods
 from gateway.errors import ConfigError, GatewayError
 from gateway.transport import metrics
@@ -32,10 +31,6 @@ _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 # Open Health/Watch streams hold at most 1/_WATCH_DIVISOR of grpc.max_concurrent_rpcs.
 _WATCH_DIVISOR = 10
-
-
-# Authenticates a call's context for what is outside the seam (reflection), or raises.
-Authenticate = Callable[[CallContext], object]
 
 
 class GrpcServer:

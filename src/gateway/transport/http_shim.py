@@ -30,7 +30,7 @@ from google.protobuf.message import Message
 from gateway.config import TlsSettings
 from gateway.contracts.http_rules import HttpRule
 from gateway.contracts.jsonmapping import json_number, parse_json_object
-from gateway.core.context import CallContext
+from gateway.core.context import Authenticate, CallContext
 from gateway.core.method import Method
 from gateway.core.methods import Methods
 from gateway.core.middleware import call_fields
@@ -44,7 +44,6 @@ from gateway.errors import (
     invalid_argument,
 )
 from gateway.transport import metrics
-from gateway.transport.grpc_server import Authenticate
 from gateway.transport.tls import CertificateFiles, HttpTls, peer_identity_from_certificate
 
 __all__ = ["HttpShim"]
@@ -361,8 +360,8 @@ class HttpShim:
         """The request's body, once its media type and size are checked.
 
         Bounded in time (see `start`): nothing else frees a connection whose client sends its
-        body a byte now and then, and authentication, which needs the parsed request, comes
-        only after it.
+        body a byte now and then. With auth.mode = "required" the caller was authenticated
+        from its headers before this (`_transcode`).
         """
         media_type = request.content_type
         if media_type != "application/json" and not media_type.endswith("+json"):

@@ -67,7 +67,8 @@ class ClientCore(Generic[CallT, PublisherT]):
         return call
 
     def publisher(self, settings: BatchSettings) -> PublisherT:
-        """A new batching publisher on the channel's PublishBatch, kept to close with the client."""
+        """A new batching publisher on the client's PublishBatch (its channels in turn), kept to
+        close with the client."""
         publish_batch = self.call(PUBLISH_BATCH, gateway_pb2.PublishBatchResponse)
         publisher = self._make_publisher(publish_batch, self.connection, settings)
         self.publishers.append(publisher)
